@@ -1,0 +1,63 @@
+"""The BoT baseline: ResNet backbone -> global average pool -> BNNeck -> classifier."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import linen as nn
+
+from reid_jax.models.neck import Neck
+from reid_jax.models.resnet import ResNet
+
+NECK_FEATS = ("after", "before")
+
+
+class Baseline(nn.Module):
+    """BoT model.
+
+    Train mode (`train=True`): returns (logits [B, C] float32, global_feat [B, D] float32), the
+    logits from the neck feature, the global feature (pre-neck) for the metric losses.
+    Eval mode: returns the inference feature [B, D] float32: after the neck (`neck_feat="after"`)
+    or before it (`"before"`).
+    Input images [B, H, W, 3], normalised float.
+    """
+
+    num_classes: int
+    depth: int = 50
+    last_stride: int = 1
+    stem_relu: bool = False
+    neck: str = "bnneck"
+    neck_feat: str = "after"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, train: bool):
+        if self.neck_feat not in NECK_FEATS:
+            raise ValueError(f"model.neck_feat={self.neck_feat!r}; expected one of {NECK_FEATS}")
+        feat_map = ResNet(self.depth, self.last_stride, self.stem_relu, self.dtype,
+                          name="backbone")(images, train)
+        global_feat = jnp.mean(feat_map.astype(jnp.float32), axis=(1, 2))
+        feat, logits = Neck(self.num_classes, self.neck, name="neck")(global_feat, train)
+        if train:
+            return logits, global_feat
+        return feat if self.neck_feat == "after" else global_feat
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> Baseline:
+    """Builds the model described by `config.model` for `num_classes` training identities."""
+    return Baseline(
+        num_classes=num_classes,
+        depth=model_config.depth,
+        last_stride=model_config.last_stride,
+        stem_relu=model_config.stem_relu,
+        neck=model_config.neck,
+        neck_feat=model_config.neck_feat,
+        dtype=jnp.dtype(model_config.dtype),
+    )
+
+
+def init_variables(model: nn.Module, rng: jax.Array, image_size: tuple[int, int]) -> dict:
+    """Initial {'params', 'batch_stats'} for input [1, H, W, 3] (all float32)."""
+    dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
+    return dict(jax.jit(lambda r: model.init(r, dummy, train=True))(rng))

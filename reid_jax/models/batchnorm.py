@@ -1,0 +1,56 @@
+"""BatchNorm with PyTorch semantics.
+
+Flax's stock `nn.BatchNorm` updates the running variance with the biased batch variance;
+PyTorch normalises with the biased variance but stores the UNBIASED one (n / (n - 1)) in
+`running_var`. Parity of the running statistics (and of everything evaluated with them)
+needs the PyTorch rule, so reid_jax uses this module everywhere.
+"""
+
+from typing import Any
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over every axis but the last (channels-last input).
+
+    Attributes:
+      momentum: PyTorch convention: running = (1 - momentum) * running + momentum * batch.
+      epsilon: added to the variance before the square root.
+      dtype: output dtype; statistics are always computed in float32.
+
+    Variables: params `scale`, `bias` [C] float32; batch_stats `mean`, `var` [C] float32
+    (the `var` stored is the unbiased running variance, as PyTorch's `running_var`).
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        features = x.shape[-1]
+        reduce_axes = tuple(range(x.ndim - 1))
+        running_mean = self.variable(
+            "batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+        running_var = self.variable(
+            "batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
+        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+
+        if train:
+            x32 = x.astype(jnp.float32)
+            mean = jnp.mean(x32, axis=reduce_axes)
+            var = jnp.mean(jnp.square(x32 - mean), axis=reduce_axes)
+            if not self.is_initializing():
+                count = x.size // features
+                unbiased = var * (count / max(count - 1, 1))
+                running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
+                running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+        else:
+            mean, var = running_mean.value, running_var.value
+
+        multiplier = scale * jnp.reciprocal(jnp.sqrt(var + self.epsilon))
+        shift = bias - mean * multiplier
+        return (x * multiplier.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
