@@ -16,10 +16,10 @@ NECK_FEATS = ("after", "before")
 class Baseline(nn.Module):
     """BoT model.
 
-    Train mode (`train=True`): returns (logits [B, C] float32, global_feat [B, D] float32), the
-    logits from the neck feature, the global feature (pre-neck) for the metric losses.
-    Eval mode: returns the inference feature [B, D] float32: after the neck (`neck_feat="after"`)
-    or before it (`"before"`).
+    Train mode (`train=True`): returns (logits [B, C], global_feat [B, D]), the logits from the
+    neck feature, the global feature (pre-neck) for the metric losses.
+    Eval mode: returns the inference feature [B, D]: after the neck (`neck_feat="after"`) or
+    before it (`"before"`). Outputs are `param_dtype` (float32) whatever the compute `dtype`.
     Input images [B, H, W, 3], normalised float.
     """
 
@@ -30,15 +30,17 @@ class Baseline(nn.Module):
     neck: str = "bnneck"
     neck_feat: str = "after"
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool):
         if self.neck_feat not in NECK_FEATS:
             raise ValueError(f"model.neck_feat={self.neck_feat!r}; expected one of {NECK_FEATS}")
         feat_map = ResNet(self.depth, self.last_stride, self.stem_relu, self.dtype,
-                          name="backbone")(images, train)
-        global_feat = jnp.mean(feat_map.astype(jnp.float32), axis=(1, 2))
-        feat, logits = Neck(self.num_classes, self.neck, name="neck")(global_feat, train)
+                          self.param_dtype, name="backbone")(images, train)
+        global_feat = jnp.mean(feat_map.astype(self.param_dtype), axis=(1, 2))
+        feat, logits = Neck(self.num_classes, self.neck, self.param_dtype,
+                            name="neck")(global_feat, train)
         if train:
             return logits, global_feat
         return feat if self.neck_feat == "after" else global_feat
@@ -58,6 +60,6 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> B
 
 
 def init_variables(model: nn.Module, rng: jax.Array, image_size: tuple[int, int]) -> dict:
-    """Initial {'params', 'batch_stats'} for input [1, H, W, 3] (all float32)."""
-    dummy = jnp.zeros((1, *image_size, 3), jnp.float32)
+    """Initial {'params', 'batch_stats'} (the model's `param_dtype`) for input [1, H, W, 3]."""
+    dummy = jnp.zeros((1, *image_size, 3), model.param_dtype)
     return dict(jax.jit(lambda r: model.init(r, dummy, train=True))(rng))

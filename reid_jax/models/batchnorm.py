@@ -18,36 +18,40 @@ class BatchNorm(nn.Module):
     Attributes:
       momentum: PyTorch convention: running = (1 - momentum) * running + momentum * batch.
       epsilon: added to the variance before the square root.
-      dtype: output dtype; statistics are always computed in float32.
+      dtype: output dtype.
+      param_dtype: dtype of the parameters and statistics, and of the statistics' arithmetic
+        (float32; float64 for exact-arithmetic parity tests).
 
-    Variables: params `scale`, `bias` [C] float32; batch_stats `mean`, `var` [C] float32
+    Variables: params `scale`, `bias` [C]; batch_stats `mean`, `var` [C], all `param_dtype`
     (the `var` stored is the unbiased running variance, as PyTorch's `running_var`).
     """
 
     momentum: float = 0.1
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         features = x.shape[-1]
         reduce_axes = tuple(range(x.ndim - 1))
         running_mean = self.variable(
-            "batch_stats", "mean", lambda: jnp.zeros((features,), jnp.float32))
+            "batch_stats", "mean", lambda: jnp.zeros((features,), self.param_dtype))
         running_var = self.variable(
-            "batch_stats", "var", lambda: jnp.ones((features,), jnp.float32))
-        scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+            "batch_stats", "var", lambda: jnp.ones((features,), self.param_dtype))
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
 
         if train:
-            x32 = x.astype(jnp.float32)
-            mean = jnp.mean(x32, axis=reduce_axes)
-            var = jnp.mean(jnp.square(x32 - mean), axis=reduce_axes)
+            xp = x.astype(self.param_dtype)
+            mean = jnp.mean(xp, axis=reduce_axes)
+            var = jnp.mean(jnp.square(xp - mean), axis=reduce_axes)
             if not self.is_initializing():
                 count = x.size // features
                 unbiased = var * (count / max(count - 1, 1))
-                running_mean.value = (1 - self.momentum) * running_mean.value + self.momentum * mean
-                running_var.value = (1 - self.momentum) * running_var.value + self.momentum * unbiased
+                m = self.momentum
+                running_mean.value = (1 - m) * running_mean.value + m * mean
+                running_var.value = (1 - m) * running_var.value + m * unbiased
         else:
             mean, var = running_mean.value, running_var.value
 

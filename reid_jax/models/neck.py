@@ -1,6 +1,7 @@
 """BNNeck and the ID classifier of the BoT baseline."""
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,23 +29,28 @@ class Neck(nn.Module):
     moves it) then a bias-free `classifier` initialised N(0, 0.001^2).
     neck="no": the feature goes straight to a `classifier` with bias and PyTorch's default init.
 
-    Input [B, D] float32; returns (feature [B, D] float32, logits [B, num_classes] float32).
+    Input [B, D] `param_dtype`; returns (feature [B, D], logits [B, num_classes]), `param_dtype`.
     """
 
     num_classes: int
     neck: str = "bnneck"
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, global_feat: jnp.ndarray, train: bool) -> tuple[jnp.ndarray, jnp.ndarray]:
         dim = global_feat.shape[-1]
         if self.neck == "bnneck":
-            feat = BatchNorm(name="bottleneck")(global_feat, train)
+            feat = BatchNorm(dtype=self.param_dtype, param_dtype=self.param_dtype,
+                             name="bottleneck")(global_feat, train)
             classifier = nn.Dense(self.num_classes, use_bias=False,
-                                  kernel_init=nn.initializers.normal(0.001), name="classifier")
+                                  kernel_init=nn.initializers.normal(0.001),
+                                  dtype=self.param_dtype, param_dtype=self.param_dtype,
+                                  name="classifier")
         elif self.neck == "no":
             feat = global_feat
             classifier = nn.Dense(self.num_classes, kernel_init=torch_linear_init(dim),
-                                  bias_init=torch_linear_init(dim), name="classifier")
+                                  bias_init=torch_linear_init(dim), dtype=self.param_dtype,
+                                  param_dtype=self.param_dtype, name="classifier")
         else:
             raise ValueError(f"model.neck={self.neck!r}; expected one of {NECKS}")
         return feat, classifier(feat)

@@ -38,11 +38,13 @@ def block_for_depth(depth: int) -> type[nn.Module]:
     return BasicBlock if depth < 50 else Bottleneck
 
 
-def _conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Conv:
+def _conv(features: int, kernel: int, stride: int, dtypes: tuple[Any, Any],
+          name: str) -> nn.Conv:
+    """Bias-free conv with torch padding; `dtypes` = (compute dtype, parameter dtype)."""
     pad = kernel // 2
     return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
                    padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init,
-                   dtype=dtype, param_dtype=jnp.float32, name=name)
+                   dtype=dtypes[0], param_dtype=dtypes[1], name=name)
 
 
 def _needs_downsample(in_features: int, out_features: int, stride: int) -> bool:
@@ -55,16 +57,18 @@ class BasicBlock(nn.Module):
     width: int
     stride: int = 1
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     expansion = 1
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        norm = functools.partial(BatchNorm, dtype=self.dtype)
-        y = _conv(self.width, 3, self.stride, self.dtype, "conv1")(x)
+        dtypes = (self.dtype, self.param_dtype)
+        norm = functools.partial(BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype)
+        y = _conv(self.width, 3, self.stride, dtypes, "conv1")(x)
         y = nn.relu(norm(name="bn1")(y, train))
-        y = _conv(self.width, 3, 1, self.dtype, "conv2")(y)
+        y = _conv(self.width, 3, 1, dtypes, "conv2")(y)
         y = norm(name="bn2")(y, train)
-        return nn.relu(y + _shortcut(x, self.width, self.stride, self.dtype, train))
+        return nn.relu(y + _shortcut(x, self.width, self.stride, dtypes, train))
 
 
 class Bottleneck(nn.Module):
@@ -73,28 +77,30 @@ class Bottleneck(nn.Module):
     width: int
     stride: int = 1
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     expansion = 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        norm = functools.partial(BatchNorm, dtype=self.dtype)
-        y = _conv(self.width, 1, 1, self.dtype, "conv1")(x)
+        dtypes = (self.dtype, self.param_dtype)
+        norm = functools.partial(BatchNorm, dtype=self.dtype, param_dtype=self.param_dtype)
+        y = _conv(self.width, 1, 1, dtypes, "conv1")(x)
         y = nn.relu(norm(name="bn1")(y, train))
-        y = _conv(self.width, 3, self.stride, self.dtype, "conv2")(y)
+        y = _conv(self.width, 3, self.stride, dtypes, "conv2")(y)
         y = nn.relu(norm(name="bn2")(y, train))
-        y = _conv(self.width * 4, 1, 1, self.dtype, "conv3")(y)
+        y = _conv(self.width * 4, 1, 1, dtypes, "conv3")(y)
         y = norm(name="bn3")(y, train)
-        return nn.relu(y + _shortcut(x, self.width * 4, self.stride, self.dtype, train))
+        return nn.relu(y + _shortcut(x, self.width * 4, self.stride, dtypes, train))
 
 
-def _shortcut(x: jnp.ndarray, out_features: int, stride: int, dtype: Any,
+def _shortcut(x: jnp.ndarray, out_features: int, stride: int, dtypes: tuple[Any, Any],
               train: bool) -> jnp.ndarray:
     """Identity, or the torchvision `downsample` (1x1 strided conv + BN), created in the
     calling block's scope so its names are `downsample_conv` / `downsample_bn`."""
     if not _needs_downsample(x.shape[-1], out_features, stride):
         return x
-    y = _conv(out_features, 1, stride, dtype, "downsample_conv")(x)
-    return BatchNorm(dtype=dtype, name="downsample_bn")(y, train)
+    y = _conv(out_features, 1, stride, dtypes, "downsample_conv")(x)
+    return BatchNorm(dtype=dtypes[0], param_dtype=dtypes[1], name="downsample_bn")(y, train)
 
 
 class ResNet(nn.Module):
@@ -104,7 +110,8 @@ class ResNet(nn.Module):
       depth: 18, 34, 50, 101 or 152.
       last_stride: stride of the 4th stage (1 in BoT: 256x128 input -> 16x8 map).
       stem_relu: ReLU after the stem BN (torchvision: True; BoT's released backbone: False).
-      dtype: compute dtype (parameters stay float32).
+      dtype: compute dtype (e.g. bfloat16).
+      param_dtype: parameter dtype (float32; float64 for exact-arithmetic parity tests).
 
     Input [B, H, W, 3]; output the last feature map [B, H/16, W/16, 512 * expansion]
     (with last_stride 1).
@@ -114,13 +121,15 @@ class ResNet(nn.Module):
     last_stride: int = 1
     stem_relu: bool = True
     dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         block = block_for_depth(self.depth)
+        dtypes = (self.dtype, self.param_dtype)
         x = x.astype(self.dtype)
-        x = _conv(64, 7, 2, self.dtype, "conv1")(x)
-        x = BatchNorm(dtype=self.dtype, name="bn1")(x, train)
+        x = _conv(64, 7, 2, dtypes, "conv1")(x)
+        x = BatchNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="bn1")(x, train)
         if self.stem_relu:
             x = nn.relu(x)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -128,6 +137,6 @@ class ResNet(nn.Module):
         for stage, (num_blocks, width, stride) in enumerate(
                 zip(STAGE_SIZES[self.depth], STAGE_WIDTHS, strides, strict=True), start=1):
             for i in range(num_blocks):
-                x = block(width, stride if i == 0 else 1, self.dtype,
+                x = block(width, stride if i == 0 else 1, self.dtype, self.param_dtype,
                           name=f"layer{stage}_{i}")(x, train)
         return x
