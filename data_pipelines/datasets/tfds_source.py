@@ -1,0 +1,40 @@
+"""Reads a prepared TFDS build (see `data_pipelines.tfds_builders`) back into a Dataset whose
+records carry the encoded image files, so the pipelines treat it like a folder."""
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data_pipelines import tfds_builders
+from data_pipelines.datasets.records import Dataset, Records
+
+SPLITS = ("train", "query", "gallery")
+
+
+def read_split(builder: tfds.core.DatasetBuilder, split: str) -> Records:
+    """One split, in the build's record order, images left encoded."""
+    dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                 decoders={"image": tfds.decode.SkipDecoding()})
+    paths, pids, camids, encoded = [], [], [], []
+    for example in tfds.as_numpy(dataset):
+        paths.append(example["path"].decode())
+        pids.append(example["pid"])
+        camids.append(example["camid"])
+        encoded.append(example["image"])
+    return Records(tuple(paths), np.asarray(pids), np.asarray(camids), tuple(encoded))
+
+
+def read(name: str, data_dir: str) -> Dataset:
+    """The TFDS dataset `name` (e.g. "market1501") prepared under `data_dir`."""
+    if name not in tfds_builders.BUILDERS:
+        raise ValueError(f"unknown TFDS dataset {name!r}; expected one of "
+                         f"{sorted(tfds_builders.BUILDERS)}")
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared under {data_dir}; build it once with\n"
+            f"  python -m data_pipelines.build_tfds {name} --data_dir={data_dir} "
+            f"--manual_dir=<the {name} folder>")
+    splits = {split: read_split(builder, split) for split in SPLITS}
+    num_cameras = 1 + max(int(records.camids.max()) for records in splits.values())
+    return Dataset(**splits, num_train_ids=int(splits["train"].pids.max()) + 1,
+                   num_cameras=num_cameras)
