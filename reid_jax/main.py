@@ -14,6 +14,7 @@ Multi-host: pass --coordinator_address, --num_processes and --process_id on ever
 nothing where the cluster sets them up for jax.distributed.initialize()).
 """
 
+import functools
 import json
 import logging as pylogging
 import os
@@ -96,7 +97,13 @@ def eval_variables(model, config: ml_collections.ConfigDict, workdir: Path, num_
     return variables_of(state)
 
 
-def extract(model, variables: dict, records, config: ml_collections.ConfigDict) -> dict:
+def inference_fn(model):
+    """`(variables, images) -> features`; one object per model, so the forward compiles once
+    for every split extracted with it."""
+    return functools.partial(model.apply, train=False)
+
+
+def extract(apply_fn, variables: dict, records, config: ml_collections.ConfigDict) -> dict:
     """Features of one split (see evaluate.extract_features), the batch sharded over devices."""
     from data_pipelines.pipeline import make_eval_iterator
 
@@ -110,8 +117,7 @@ def extract(model, variables: dict, records, config: ml_collections.ConfigDict) 
                                                          parallel.data_sharding(mesh)))
             yield batch
 
-    return evaluate.extract_features(lambda v, x: model.apply(v, x, train=False),
-                                     jax.device_get(variables), batches(),
+    return evaluate.extract_features(apply_fn, jax.device_get(variables), batches(),
                                      flip=config.eval.flip, feat_norm=config.eval.feat_norm)
 
 
@@ -135,8 +141,9 @@ def evaluation_dataset(config: ml_collections.ConfigDict, workdir: Path):
 
 def run_evaluation(model, variables: dict, dataset, config: ml_collections.ConfigDict,
                    rerank: bool) -> dict:
-    query = extract(model, variables, dataset.query, config)
-    gallery = extract(model, variables, dataset.gallery, config)
+    apply_fn = inference_fn(model)
+    query = extract(apply_fn, variables, dataset.query, config)
+    gallery = extract(apply_fn, variables, dataset.gallery, config)
     eval_config = ml_collections.ConfigDict(config.eval.to_dict())
     eval_config.rerank = rerank
     return evaluate.evaluate_features(query, gallery, eval_config)
@@ -222,9 +229,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mode: str
             "dataset": config.eval.dataset or config.data.dataset})
         return
     output = Path(output or workdir / "features.npz")
-    arrays = {}
+    arrays, apply_fn = {}, inference_fn(model)
     for split in ("query", "gallery"):
-        feats = extract(model, variables, getattr(eval_set, split), config)
+        feats = extract(apply_fn, variables, getattr(eval_set, split), config)
         arrays.update({f"{split}_{k}": np.asarray(v) for k, v in feats.items()})
     if jax.process_index() == 0:
         np.savez(output, **arrays)
