@@ -21,12 +21,6 @@ from ml_collections import config_flags
 from reid_jax import checkpoint, torch_weights
 from reid_jax.models import create_model, init_variables
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
-                                          lock_config=True)
-_NUM_CLASSES = flags.DEFINE_integer(
-    "num_classes", None, "Classifier width; default: rows of the checkpoint's classifier.weight.")
-_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace DST_DIR if it exists.")
-
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, config: ml_collections.ConfigDict,
             num_classes: int | None = None, overwrite: bool = False) -> dict:
@@ -59,14 +53,24 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, config: ml_collectio
     return summary
 
 
+def define_flags() -> None:
+    """Defines this command's absl flags; only when run as a program (see reid_jax.main)."""
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
+                                    lock_config=True)
+    flags.DEFINE_integer("num_classes", None,
+                         "Classifier width; default: rows of the checkpoint's classifier.weight.")
+    flags.DEFINE_bool("overwrite", False, "Replace DST_DIR if it exists.")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) != 3:
         raise app.UsageError("usage: python -m reid_jax.convert SRC.pth DST_DIR --config=...")
-    if _CONFIG.value is None:
+    flag = flags.FLAGS
+    if flag.config is None:
         raise app.UsageError("--config is required (e.g. --config=configs/market.py)")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every step of a save at INFO
-    summary = convert(argv[1], argv[2], _CONFIG.value, _NUM_CLASSES.value, _OVERWRITE.value)
+    summary = convert(argv[1], argv[2], flag.config, flag.num_classes, flag.overwrite)
     model = summary["model"]
     print(f"converted {summary['source']} ({summary['layout']} layout, "
           f"{summary['tensors_read']} tensors)\n"
@@ -77,4 +81,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -31,20 +31,6 @@ from reid_jax.models import create_model, feature_dim, init_variables
 from reid_jax.train import create_train_state, init_centers, train_and_evaluate, variables_of
 from reid_jax.train_checkpoint import RunCheckpoints
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "extract"], "What to run.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None,
-                                  "eval / extract: a variables checkpoint directory.")
-_OUTPUT = flags.DEFINE_string("output", None, "extract: the .npz to write "
-                              "(default WORKDIR/features.npz).")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of "
-                                   "process 0.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: process count.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-flags.mark_flags_as_required(["config", "workdir"])
-
 
 def load_dataset(dataset: str, root: str, config: ml_collections.ConfigDict, workdir: Path):
     """The data_pipelines Dataset for `dataset` at `root`. The synthetic dataset is written
@@ -198,13 +184,30 @@ class _QuietLibraries(pylogging.Filter):
         return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
 
 
+def define_flags() -> None:
+    """Defines this command's absl flags. Called only when run as a program, so that importing
+    the module (tests, notebooks, `reid_jax.convert` in the same process) defines none."""
+    config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
+    flags.DEFINE_enum("mode", "train", ["train", "eval", "extract"], "What to run.")
+    flags.DEFINE_string("checkpoint", None, "eval / extract: a variables checkpoint directory.")
+    flags.DEFINE_string("output", None,
+                        "extract: the .npz to write (default WORKDIR/features.npz).")
+    flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+    flags.DEFINE_integer("num_processes", None, "Multi-host: process count.")
+    flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     logging.get_absl_handler().addFilter(_QuietLibraries())
-    if _COORDINATOR.value or _NUM_PROCESSES.value:
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    run(_CONFIG.value, _WORKDIR.value, _MODE.value, _CHECKPOINT.value, _OUTPUT.value)
+    flag = flags.FLAGS
+    if flag.coordinator_address or flag.num_processes:
+        jax.distributed.initialize(flag.coordinator_address, flag.num_processes, flag.process_id)
+    run(flag.config, flag.workdir, flag.mode, flag.checkpoint, flag.output)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mode: str = "train",
@@ -252,4 +255,5 @@ def _num_train_ids(config: ml_collections.ConfigDict, workdir: Path,
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    define_flags()
     app.run(main)
