@@ -1,8 +1,9 @@
-"""Throughput of the jitted BoT train step (ResNet-50, 256x128) on the available device.
+"""Throughput of the jitted BoT train step (default ResNet-50, 256x128) on the available device.
 
   python benchmarks/train_step.py                  # float32 and bfloat16, batch 64
   python benchmarks/train_step.py --torch          # also PyTorch eager (+AMP on GPU), same model
   python benchmarks/train_step.py --steps=20 --batch=64 --depth=50
+  python benchmarks/train_step.py --depth=18 --batch=32 --image_size=96,48 --dtypes=float32
 
 Prints a table of img/s (median over timed steps, after compilation / warm-up). The PyTorch
 reference model is the one the parity tests use (tests/torch_reference.py).
@@ -35,10 +36,12 @@ def time_steps(step_fn, steps: int) -> list[float]:
     return times
 
 
-def bench_jax(dtype: str, batch_size: int, depth: int, steps: int) -> float:
+def bench_jax(dtype: str, batch_size: int, depth: int, steps: int,
+              image_size: tuple[int, int]) -> float:
     config = get_config()
     config.model.depth = depth
     config.model.dtype = dtype
+    config.data.image_size = image_size
     model = create_model(config.model, NUM_CLASSES)
     rng = jax.random.PRNGKey(0)
     variables = init_variables(model, rng, config.data.image_size)
@@ -59,7 +62,8 @@ def bench_jax(dtype: str, batch_size: int, depth: int, steps: int) -> float:
     return batch_size / statistics.median(time_steps(run, steps))
 
 
-def bench_torch(amp: bool, batch_size: int, depth: int, steps: int) -> float:
+def bench_torch(amp: bool, batch_size: int, depth: int, steps: int,
+                image_size: tuple[int, int]) -> float:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -70,7 +74,7 @@ def bench_torch(amp: bool, batch_size: int, depth: int, steps: int) -> float:
                                      stem_relu=False).to(device).train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                                  lr=3.5e-4, weight_decay=5e-4)
-    images = torch.randn(batch_size, 3, 256, 128, device=device)
+    images = torch.randn(batch_size, 3, *image_size, device=device)
     labels = torch.arange(batch_size // 4, device=device).repeat_interleave(4)
     scaler = torch.amp.GradScaler(enabled=amp and device == "cuda")
 
@@ -97,20 +101,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--torch", action="store_true", help="also time PyTorch eager")
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--image_size", default="256,128", help="H,W in pixels")
     args = parser.parse_args()
+    size = tuple(int(n) for n in args.image_size.split(","))
 
     device = jax.devices()[0]
     print(f"device: {device.platform} {device.device_kind} | jax {jax.__version__} | "
-          f"ResNet-{args.depth} batch {args.batch} 256x128 | median of {args.steps} steps")
-    rows = [(f"reid_jax {d}", bench_jax(d, args.batch, args.depth, args.steps))
+          f"ResNet-{args.depth} batch {args.batch} {size[0]}x{size[1]} | "
+          f"median of {args.steps} steps")
+    rows = [(f"reid_jax {d}", bench_jax(d, args.batch, args.depth, args.steps, size))
             for d in args.dtypes.split(",")]
     if args.torch:
-        rows.append(("pytorch eager fp32", bench_torch(False, args.batch, args.depth, args.steps)))
+        rows.append(("pytorch eager fp32", bench_torch(False, args.batch, args.depth, args.steps,
+                                                               size)))
         import torch
 
         if torch.cuda.is_available():
             rows.append(("pytorch eager AMP", bench_torch(True, args.batch, args.depth,
-                                                          args.steps)))
+                                                          args.steps, size)))
     print(f"| {'implementation':<22} | {'img/s':>9} |")
     print(f"|{'-' * 24}|{'-' * 11}|")
     for name, ips in rows:
