@@ -26,6 +26,14 @@ def l2_normalize(features: jax.Array) -> jax.Array:
     return features / jnp.maximum(norm, 1e-12)
 
 
+def squared_euclidean(x: jax.Array, y: jax.Array) -> jax.Array:
+    """|x|^2 + |y|^2 - 2 x.y [A, B] between the rows of `x` [A, D] and `y` [B, D], in their
+    dtype, not clamped. The product runs at full precision (no TF32 / bf16 passes on GPU or
+    TPU): the expansion cancels badly otherwise."""
+    dot = jnp.dot(x, y.T, precision=jax.lax.Precision.HIGHEST)
+    return jnp.sum(x * x, axis=1, keepdims=True) + jnp.sum(y * y, axis=1)[None, :] - 2.0 * dot
+
+
 def pairwise_distance(x: jax.Array, y: jax.Array, metric: str) -> jax.Array:
     """Distances between the rows of `x` [A, D] and of `y` [B, D] -> [A, B] float32.
 
@@ -35,12 +43,12 @@ def pairwise_distance(x: jax.Array, y: jax.Array, metric: str) -> jax.Array:
     check_distance(metric)
     x = x.astype(jnp.float32)
     y = y.astype(jnp.float32)
-    dot = jnp.dot(x, y.T, precision=jax.lax.Precision.HIGHEST)
     if metric == "cosine":
+        dot = jnp.dot(x, y.T, precision=jax.lax.Precision.HIGHEST)
         xn = jnp.linalg.norm(x, axis=1, keepdims=True)
         yn = jnp.linalg.norm(y, axis=1, keepdims=True)
         return 1.0 - dot / jnp.maximum(xn * yn.T, 1e-12)
-    squared = jnp.sum(x * x, axis=1, keepdims=True) + jnp.sum(y * y, axis=1)[None, :] - 2.0 * dot
+    squared = squared_euclidean(x, y)
     if metric == "euclidean":
         return jnp.sqrt(jnp.maximum(squared, 0.0))
     return squared

@@ -125,9 +125,9 @@ def evaluation_dataset(config: ml_collections.ConfigDict, workdir: Path):
     return load_dataset(config.data.dataset, config.data.root, config, workdir)
 
 
-def run_evaluation(model, variables: dict, dataset, config: ml_collections.ConfigDict,
+def run_evaluation(apply_fn, variables: dict, dataset, config: ml_collections.ConfigDict,
                    rerank: bool) -> dict:
-    apply_fn = inference_fn(model)
+    """Query and gallery features with `apply_fn` (see `inference_fn`), then the metrics."""
     query = extract(apply_fn, variables, dataset.query, config)
     gallery = extract(apply_fn, variables, dataset.gallery, config)
     eval_config = ml_collections.ConfigDict(config.eval.to_dict())
@@ -158,6 +158,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> None:
     train_set = load_dataset(config.data.dataset, config.data.root, config, workdir)
     eval_set = evaluation_dataset(config, workdir)
     model = create_model(config.model, train_set.num_train_ids)
+    apply_fn = inference_fn(model)  # one object: the forward compiles once for the whole run
 
     def stream(sampler_state):
         return iter(make_train_iterator(train_set.train, config.data, config.seed,
@@ -165,7 +166,7 @@ def train(config: ml_collections.ConfigDict, workdir: Path) -> None:
                                         sampler_state))
 
     def evaluate_now(variables: dict, final: bool) -> dict:
-        results = run_evaluation(model, variables, eval_set, config,
+        results = run_evaluation(apply_fn, variables, eval_set, config,
                                  rerank=final or config.eval.rerank)
         if final:
             write_results(workdir, results, "results.json",
@@ -226,7 +227,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mode: str
     model = create_model(config.model, num_classes)
     variables = eval_variables(model, config, workdir, num_classes, variables_dir)
     if mode == "eval":
-        results = run_evaluation(model, variables, eval_set, config, config.eval.rerank)
+        results = run_evaluation(inference_fn(model), variables, eval_set, config,
+                                 config.eval.rerank)
         write_results(workdir, results, "eval_results.json", {
             "checkpoint": variables_dir or str(workdir / "checkpoints"),
             "dataset": config.eval.dataset or config.data.dataset})

@@ -7,6 +7,8 @@ collectives, so one device and many devices mine the same triplets.
 import jax
 import jax.numpy as jnp
 
+from reid_jax.distances import squared_euclidean
+
 
 def clamp(x: jax.Array, lo: float, hi: float | None = None) -> jax.Array:
     """torch.clamp(x, lo, hi) with torch's gradient: it passes where lo <= x <= hi, bounds
@@ -16,16 +18,9 @@ def clamp(x: jax.Array, lo: float, hi: float | None = None) -> jax.Array:
 
 
 def pairwise_distance(x: jax.Array, y: jax.Array) -> jax.Array:
-    """Euclidean distances [N, M] float32 between rows of x [N, D] and y [M, D], BoT's
-    euclidean_dist: sqrt(max(|x|^2 + |y|^2 - 2 x.y, 1e-12)).
-
-    The product runs at full float32 precision (no TF32 / bf16 passes on GPU or TPU): the
-    expanded form cancels badly otherwise.
-    """
-    xx = jnp.sum(x * x, axis=1, keepdims=True)
-    yy = jnp.sum(y * y, axis=1)[None, :]
-    xy = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
-    return jnp.sqrt(clamp(xx + yy - 2.0 * xy, 1e-12))
+    """Euclidean distances [N, M] between rows of x [N, D] and y [M, D] in their dtype, BoT's
+    euclidean_dist: sqrt(max(|x|^2 + |y|^2 - 2 x.y, 1e-12))."""
+    return jnp.sqrt(clamp(squared_euclidean(x, y), 1e-12))
 
 
 def hard_example_mining(dist: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
