@@ -72,7 +72,7 @@ def run_phase(phase: str, scale: str, dim: int, chunk_size: int, repeats: int) -
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "tests"))
     from configs.market import get_config
-    from reid_jax import evaluate
+    from reid_jax import eval as reid_eval
 
     q, g, q_pids, g_pids, q_cams, g_cams = synthetic(scale, dim)
     ids = (q_pids, g_pids, q_cams, g_cams)
@@ -83,21 +83,21 @@ def run_phase(phase: str, scale: str, dim: int, chunk_size: int, repeats: int) -
         def timed():
             streams = [{"features": f, "pids": p, "camids": c, "feat_norm": True}
                        for f, p, c in ((q, q_pids, q_cams), (g, g_pids, g_cams))]
-            return evaluate.evaluate_features(*streams, config)["original"]
+            return reid_eval.evaluate_features(*streams, config)["original"]
         finish = None
     elif phase == "jax_rankings":
-        distmat = np.asarray(evaluate.distance_matrix(q, g, "squared_euclidean", chunk_size))
+        distmat = np.asarray(reid_eval.distance_matrix(q, g, "squared_euclidean", chunk_size))
 
         def timed():
-            return evaluate.evaluate_rankings(distmat, *ids, chunk_size=chunk_size)
+            return reid_eval.evaluate_rankings(distmat, *ids, chunk_size=chunk_size)
         finish = None
     elif phase == "jax_rerank":
         def timed():
-            return evaluate.re_ranking_features(q, g, config.k1, config.k2, config.lambda_value,
+            return reid_eval.re_ranking_features(q, g, config.k1, config.k2, config.lambda_value,
                                                 chunk_size)
 
         def finish(distmat):
-            return evaluate.evaluate_rankings(distmat, *ids, chunk_size=chunk_size)
+            return reid_eval.evaluate_rankings(distmat, *ids, chunk_size=chunk_size)
     else:
         from numpy_eval import reference_eval_func
         from test_rerank import reference_re_ranking
@@ -123,7 +123,35 @@ def run_phase(phase: str, scale: str, dim: int, chunk_size: int, repeats: int) -
     return {"phase": phase, "seconds": seconds, "cpu_seconds": cpu_seconds,
             "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
             "rank1": 100 * float(metrics["cmc"][0]), "mAP": 100 * float(metrics["mAP"]),
-            "mINP": 100 * float(metrics["mINP"])}
+            "mINP": 100 * float(metrics["mINP"]),
+            "tensorflow_imported": "tensorflow" in sys.modules}
+
+
+def run_phase_subprocess(phase: str, scale: str, dim: int = 2048, chunk_size: int = 1024,
+                         repeats: int = 1, timeout: float | None = None) -> dict:
+    """`run_phase` in its own Python process (so its peak RSS and device memory are its own),
+    killed after `timeout` seconds. Returns run_phase's dict plus "wall_s" (the subprocess's
+    wall seconds, start-up and synthetic data included), or {"phase", "error", "wall_s"}."""
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, __file__, f"--run_phase={phase}", f"--scale={scale}",
+             f"--dim={dim}", f"--chunk_size={chunk_size}", f"--repeats={repeats}"],
+            capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"phase": phase, "error": f"timed out after {timeout:.0f} s",
+                "wall_s": time.perf_counter() - start}
+    wall_s = time.perf_counter() - start
+    if proc.returncode != 0:
+        return {"phase": phase, "wall_s": wall_s,
+                "error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall_s=wall_s)
+
+
+def format_seconds(result: dict) -> str:
+    """"wall (CPU), ..." seconds of each timed call."""
+    return ", ".join(f"{w:.2f} ({c:.1f})" for w, c in zip(result["seconds"],
+                                                          result["cpu_seconds"], strict=True))
 
 
 def main() -> None:
@@ -155,18 +183,11 @@ def main() -> None:
     for phase in phases:
         repeats = 1 if phase.startswith("numpy") else (
             args.repeats or (2 if args.scale == "market1501" else 1))
-        proc = subprocess.run(
-            [sys.executable, __file__, f"--run_phase={phase}", f"--scale={args.scale}",
-             f"--dim={args.dim}", f"--chunk_size={args.chunk_size}", f"--repeats={repeats}"],
-            capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            print(f"| {phase} | failed (exit {proc.returncode}): "
-                  f"{proc.stderr.strip().splitlines()[-1:]} |||||")
+        r = run_phase_subprocess(phase, args.scale, args.dim, args.chunk_size, repeats)
+        if "error" in r:
+            print(f"| {phase} | failed ({r['error']}) |||||")
             continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        times = ", ".join(f"{w:.2f} ({c:.1f})" for w, c in zip(r["seconds"], r["cpu_seconds"],
-                                                               strict=True))
-        print(f"| {phase} | {times} | {r['peak_gb']:.2f} | {r['rank1']:.2f} | "
+        print(f"| {phase} | {format_seconds(r)} | {r['peak_gb']:.2f} | {r['rank1']:.2f} | "
               f"{r['mAP']:.2f} | {r['mINP']:.2f} |", flush=True)
 
 

@@ -6,6 +6,13 @@ Usage:
 
 The argument picks a row of the BoT paper's ablation table (REFERENCE section 6); each row adds
 one trick to the previous one: baseline, warmup, erasing, smoothing, stride1, bnneck, bot (all).
+
+BoT's other backbones (its MODEL.NAME) by backbone and depth, e.g. resnet50_ibn_a (BoT's best
+row, Market 95.0 / 88.2):
+  ... --config.model.backbone=resnet_ibn_a                            # resnet{50,101,152}_ibn_a
+  ... --config.model.backbone=se_resnet --config.model.depth=101      # se_resnet{50,101,152}
+  ... --config.model.backbone=se_resnext                              # se_resnext{50,101}
+with --config.model.pretrained=PATH.pth for the ImageNet weights (IBN-Net's / Cadene's).
 """
 
 import ml_collections
@@ -17,8 +24,12 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     """The full BoT recipe, shared by every dataset config."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    config.method = "bot"  # reid_jax.methods: "bot" | "aligned"
 
     config.model = ml_collections.ConfigDict()
+    # "resnet" | "resnet_ibn_a" | "se_resnet" | "se_resnext" (reid_jax.models.backbones); with
+    # `depth`, BoT's MODEL.NAME. stem_relu applies to "resnet" (the others keep the stem ReLU).
+    config.model.backbone = "resnet"
     config.model.depth = 50
     config.model.last_stride = 1
     config.model.stem_relu = False  # BoT's backbone has no ReLU after the stem BN.
@@ -30,6 +41,13 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.dataset = dataset
     config.data.root = ""
+    # dataset "pattern": any folder layout, read by a file-name regex (data_pipelines/datasets/
+    # pattern.py): groups pid and camid (cameras numbered from first_camera) or index (camera =
+    # (index - index_offset) // images_per_camera); empty camera tuples keep every camera.
+    config.data.pattern = ml_collections.ConfigDict({
+        "regex": "", "train_dir": "bounding_box_train", "query_dir": "query",
+        "gallery_dir": "bounding_box_test", "images_per_camera": 0, "index_offset": 0,
+        "first_camera": 1, "query_cameras": (), "gallery_cameras": ()})
     config.data.image_size = (256, 128)  # (H, W)
     config.data.ids_per_batch = 16  # P
     config.data.instances_per_id = 4  # K
@@ -39,6 +57,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     config.data.erase_fill = "mean"  # "mean": reference quirk; "zero": zeros after normalising
     config.data.mean = (0.485, 0.456, 0.406)
     config.data.std = (0.229, 0.224, 0.225)
+    config.data.augment_on = "auto"  # "host" (tf.data) | "device" (in the step) | "auto"
     config.data.eval_batch_size = 128
     config.data.cache = True
 
@@ -51,6 +70,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     config.loss.center_lr = 0.5
 
     config.optim = ml_collections.ConfigDict()
+    config.optim.schedule = "warmup_multistep"  # lr per epoch, as BoT's WarmupMultiStepLR
     config.optim.base_lr = 3.5e-4
     config.optim.weight_decay = 5e-4
     config.optim.beta1 = 0.9
@@ -66,6 +86,7 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     config.train.log_every_steps = 20
     config.train.eval_every_epochs = 40
     config.train.checkpoint_every_epochs = 10
+    config.train.checkpoint_every_steps = 0  # > 0: also mid-epoch (long epochs, e.g. MSMT17)
     config.train.keep_checkpoints = 3
 
     config.eval = ml_collections.ConfigDict()
@@ -80,6 +101,12 @@ def base_config(dataset: str) -> ml_collections.ConfigDict:
     config.eval.chunk_size = 1024
     config.eval.dataset = ""  # cross-domain: evaluate on another dataset ...
     config.eval.root = ""  # ... read from this folder
+
+    config.visualize = ml_collections.ConfigDict()  # --mode=visualize
+    config.visualize.num_queries = 8
+    config.visualize.select = "hardest"  # "hardest" (lowest AP) | "random"
+    config.visualize.top_k = 10
+    config.visualize.seed = 0
     return config
 
 

@@ -1,12 +1,19 @@
 """Decoding: encoded file -> uint8 [H, W, 3] at the train / test size, an in-memory image store
 indexed by record, and errors that name the unreadable file.
 
-The resize is the reference's first transform (PIL bilinear to (H, W), uint8 out): TF's bilinear
-resize with antialiasing (PIL's triangle filter, widened when shrinking), rounded half up to uint8.
+Decode and resize reproduce the reference's `PIL.Image.open(path).convert("RGB")` and its first
+transform (`T.Resize((H, W))`, i.e. `Image.resize((W, H), BILINEAR)`) bit for bit, in TF graph
+ops: JPEGs decode with libjpeg's accurate integer IDCT (PIL's), and the resize is Pillow's 8-bit
+resampler. That is separable: per axis, each output pixel is a weighted sum of input pixels under a
+triangle filter of support 1, widened by the scale when shrinking; the weights are normalised in
+float64 and rounded to 22-bit fixed point, and each pass rounds its integer sum back to uint8. The
+horizontal pass runs first, except that, like Pillow 13, the vertical one does when the height
+shrinks by more than twice as many pixels as the width.
 """
 
 from collections.abc import Callable
 
+import numpy as np
 import tensorflow as tf
 
 from data_pipelines.datasets.records import Records
@@ -16,16 +23,87 @@ tf.config.set_visible_devices([], "GPU")
 
 DECODE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError)
 CACHE_CHUNK = 256  # images decoded per step while filling the cache
+PRECISION_BITS = 22  # fraction bits of Pillow's fixed-point weights for 8-bit images
+
+
+def bilinear_weights(in_shape: tf.Tensor,
+                     out_sizes: tuple[int, ...]) -> list[tuple[tf.Tensor, tf.Tensor]]:
+    """Pillow's bilinear weights for resizing axis i of an image of shape `in_shape` (int32) to
+    `out_sizes[i]` pixels, all axes in one set of ops (per image, their number costs more than
+    their size).
+
+    Per axis, with taps the most input pixels any output pixel sums: int32 [taps, out], the input
+    pixels that each output pixel sums, and int32 [taps, out, 1, 1], their weights in units of
+    2**-22 (0 for taps past an output pixel's last one, whose index is clamped into the image).
+    The float64 operations are Pillow's, in its order.
+    """
+    axis = np.repeat(np.arange(len(out_sizes)), out_sizes)  # the axis of each output pixel
+    in_size = tf.gather(in_shape, axis)
+    scale = tf.cast(in_size, tf.float64) / tf.constant(np.asarray(out_sizes, np.float64)[axis])
+    support = tf.maximum(scale, 1.0)
+    center = tf.constant(np.concatenate([np.arange(n) for n in out_sizes]) + 0.5) * scale
+    first = tf.maximum(tf.cast(center - support + 0.5, tf.int32), 0)  # casts truncate, as in C
+    count = tf.minimum(tf.cast(center + support + 0.5, tf.int32), in_size) - first
+    tap = tf.range(tf.reduce_max(count))[:, None]
+    index = first + tap
+    distance = (tf.cast(index, tf.float64) - center + 0.5) * (1.0 / support)
+    weights = tf.where(tap < count, tf.maximum(1.0 - tf.abs(distance), 0.0), 0.0)
+    # Pillow normalises by the sum accumulated tap after tap; a cumulative sum adds in that order
+    # (a tree reduction can round differently).
+    total = tf.cumsum(weights, axis=0)[-1]
+    # Weights are >= 0, so Pillow's rounding half away from zero is floor(w + 0.5).
+    fixed = tf.floor(tf.math.divide_no_nan(weights, total) * 2.0**PRECISION_BITS + 0.5)
+    index = tf.minimum(index, in_size - 1)
+    fixed = tf.cast(fixed, tf.int32)[:, :, None, None]
+    return list(zip(tf.split(index, out_sizes, axis=1), tf.split(fixed, out_sizes, axis=1),
+                    strict=True))
+
+
+def resample_rows(image: tf.Tensor, index: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    """One Pillow bilinear pass along axis 0 with `bilinear_weights` for that axis:
+    uint8 [in, M, 3] -> uint8 [out, M, 3]."""
+    pixels = tf.gather(tf.cast(image, tf.int32), index)  # [taps, out, M, 3]
+    total = tf.reduce_sum(pixels * weights, axis=0) + 2**(PRECISION_BITS - 1)
+    # Weights are >= 0, so only the top needs Pillow's clipping.
+    return tf.cast(tf.minimum(tf.bitwise.right_shift(total, PRECISION_BITS), 255), tf.uint8)
+
+
+def pil_resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
+    """uint8 [h, w, 3] -> uint8 [H, W, 3] (size = (H, W)), equal to Pillow's
+    `Image.resize((W, H), BILINEAR)` for every pixel."""
+    height, width = size
+    in_shape = tf.shape(image)
+    rows, columns = bilinear_weights(in_shape, size)
+
+    def transposed(x: tf.Tensor) -> tf.Tensor:
+        return tf.transpose(x, [1, 0, 2])
+
+    def horizontal_first() -> tf.Tensor:
+        return resample_rows(transposed(resample_rows(transposed(image), *columns)), *rows)
+
+    def vertical_first() -> tf.Tensor:
+        return transposed(resample_rows(transposed(resample_rows(image, *rows)), *columns))
+
+    in_height, in_width = in_shape[0], in_shape[1]
+    # Pillow 13's choice of the first pass (see the module docstring).
+    vertical = (height < in_height) & (in_height - height > 2 * (in_width - width))
+    return tf.reshape(tf.cond(vertical, vertical_first, horizontal_first), (height, width, 3))
+
+
+def decode(encoded: tf.Tensor) -> tf.Tensor:
+    """An encoded JPEG / PNG / BMP (scalar string; grey or RGB) -> uint8 [h, w, 3] at its own
+    size, equal to PIL's `Image.open(f).convert("RGB")` (JPEG: libjpeg's accurate integer DCT,
+    as PIL; TF's default fast DCT is not)."""
+    return tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE"),
+        lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
 
 
 def decode_resize(encoded: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """An encoded JPEG / PNG / BMP (scalar string) -> uint8 [H, W, 3], bilinearly resized."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    # Antialiasing only changes a shrink; skipping it when enlarging is 3x faster.
-    shrink = tf.reduce_any(tf.shape(image)[:2] > tf.constant(size))
-    resized = tf.cond(shrink, lambda: tf.image.resize(image, size, antialias=True),
-                      lambda: tf.image.resize(image, size))
-    return tf.cast(tf.clip_by_value(tf.floor(resized + 0.5), 0, 255), tf.uint8)
+    """An encoded JPEG / PNG / BMP (scalar string; grey or RGB) -> uint8 [H, W, 3] (size = (H, W)),
+    equal to PIL's `Image.open(f).convert("RGB").resize((W, H), BILINEAR)` for every pixel."""
+    return pil_resize(decode(encoded), size)
 
 
 def encoded_dataset(records: Records) -> tf.data.Dataset:

@@ -7,7 +7,10 @@ steps_in_epoch, batch, sampler_state):
   step            0-based batch index in the epoch; the epoch ends at step == steps_in_epoch - 1
   steps_in_epoch  batches in this epoch (varies from epoch to epoch, REFERENCE section 4)
   batch           {"image": float32 [B, H, W, 3] normalised NHWC, "label": int32 [B] in 0..C-1,
-                   "camid": int32 [B]}, B = P * K / host_count (this host's contiguous slice)
+                   "camid": int32 [B]}, B = P * K / host_count (this host's contiguous slice);
+                   with `augment=False`, "image" is the uint8 [B, H, W, 3] resized image and
+                   "augment" holds the [B] parameters `augment.augment_batch` takes (flip,
+                   crop_y, ...), for the augmentation to run on the accelerator
   sampler_state   JSON-able dict; pass it back as `sampler_state=` to resume right after this batch
 The sampler's and the augmentation's draws are functions of (seed, epoch, step), so a resumed run
 sees the same images with the same augmentation as an uninterrupted one, on any host count.
@@ -67,8 +70,10 @@ class TrainIterator:
     `batch_size` = this host's B."""
 
     def __init__(self, records: Records, data_config: ml_collections.ConfigDict, seed: int,
-                 host_index: int = 0, host_count: int = 1, sampler_state: dict | None = None):
+                 host_index: int = 0, host_count: int = 1, sampler_state: dict | None = None,
+                 augment: bool = True):
         self.records = records
+        self.augment = augment
         self.cfg = AugmentConfig.from_config(data_config)
         self.sampler = PKSampler(records.pids, data_config.ids_per_batch,
                                  data_config.instances_per_id, seed, host_index, host_count)
@@ -81,9 +86,11 @@ class TrainIterator:
                               jit_compile=True)
 
         def load(plan: dict) -> dict:
-            images = augment(self.store.fetch(plan["indices"]), plan["params"])
+            images = self.store.fetch(plan["indices"])
+            if self.augment:
+                images = augment(images, plan["params"])
             return {key: value for key, value in plan.items() if key not in ("indices", "params")
-                    } | {"image": images}
+                    } | {"image": images, "augment": plan["params"]}
 
         dataset = (tf.data.Dataset.from_generator(self._plans,
                                                   output_signature=self._plan_signature())
@@ -123,6 +130,8 @@ class TrainIterator:
         state = {"seed": self.sampler.seed, "epoch": int(plan["next_epoch"]),
                  "step": int(plan["next_step"])}
         batch = {key: plan[key].numpy() for key in ("image", "label", "camid")}
+        if not self.augment:
+            batch["augment"] = {key: value.numpy() for key, value in plan["augment"].items()}
         return TrainBatch(int(plan["epoch"]), int(plan["step"]), int(plan["steps_in_epoch"]),
                           batch, state)
 
@@ -172,9 +181,12 @@ class EvalStream:
 
 def make_train_iterator(records: Records, data_config: ml_collections.ConfigDict, seed: int,
                         host_index: int = 0, host_count: int = 1,
-                        sampler_state: dict | None = None) -> TrainIterator:
-    """The endless train stream of this host (see the module docstring)."""
-    return TrainIterator(records, data_config, seed, host_index, host_count, sampler_state)
+                        sampler_state: dict | None = None,
+                        augment: bool = True) -> TrainIterator:
+    """The endless train stream of this host (see the module docstring); `augment=False` leaves
+    the augmentation to the consumer (uint8 images + parameters)."""
+    return TrainIterator(records, data_config, seed, host_index, host_count, sampler_state,
+                         augment)
 
 
 def make_eval_iterator(records: Records, data_config: ml_collections.ConfigDict) -> EvalStream:

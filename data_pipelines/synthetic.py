@@ -15,6 +15,7 @@ each camera) and bounding_box_test/ (the others). Names `0003_c2s1_000025_00.jpg
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -173,18 +174,29 @@ def write_synthetic_market(root: str | Path, num_train_ids: int, num_test_ids: i
 def ensure_synthetic_market(root: str | Path, **spec) -> Path:
     """The synthetic dataset of `spec` (write_synthetic_market's arguments) under `root`: reused
     when `root/synthetic.json` records the same spec, else written (replacing an older synthetic
-    dataset there). Refuses to write into a non-empty folder that is not a synthetic dataset."""
+    dataset there). Refuses to write into a non-empty folder that is not a synthetic dataset.
+    Written beside `root` and renamed into place, so processes that race (several hosts of one
+    run) all end with one whole dataset."""
     root = Path(root)
     spec = dict(spec, image_size=list(spec.get("image_size", (128, 64))))
     marker = root / SPEC_FILE
     if marker.is_file():
         if json.loads(marker.read_text()) == spec:
             return root
-        for folder in SPLIT_FOLDERS.values():
-            shutil.rmtree(root / folder, ignore_errors=True)
+        shutil.rmtree(root)
     elif root.is_dir() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty and holds no {SPEC_FILE}: not writing a "
                               "synthetic dataset there")
-    write_synthetic_market(root, **spec)
-    marker.write_text(json.dumps(spec))
+    root.parent.mkdir(parents=True, exist_ok=True)
+    fresh = root.parent / f".{root.name}.tmp-{os.getpid()}"
+    write_synthetic_market(fresh, **spec)
+    (fresh / SPEC_FILE).write_text(json.dumps(spec))
+    if root.is_dir() and not any(root.iterdir()):
+        root.rmdir()
+    try:
+        os.rename(fresh, root)
+    except OSError:  # another process renamed its copy first
+        if not marker.is_file():
+            raise
+        shutil.rmtree(fresh)
     return root

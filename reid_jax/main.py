@@ -1,261 +1,227 @@
-"""reid_jax command line: train, evaluate or extract features from a config.
+"""reid_jax command line: train, evaluate, extract features or export a model from a config.
 
   python -m reid_jax.main --config=configs/demo.py --workdir=runs/demo
   python -m reid_jax.main --config=configs/market.py --workdir=runs/market \\
       --config.data.root=/data/Market-1501-v15.09.15
   python -m reid_jax.main --config=configs/market.py --workdir=runs/market --mode=eval \\
-      --config.eval.rerank=True [--checkpoint=DIR] [--config.eval.dataset=dukemtmcreid \\
-      --config.eval.root=/data/DukeMTMC-reID]
+      --config.eval.rerank=True [--checkpoint=best|latest|DIR|FILE.pth] \\
+      [--config.eval.dataset=dukemtmcreid --config.eval.root=/data/DukeMTMC-reID]
   python -m reid_jax.main ... --mode=extract --output=features.npz
+  python -m reid_jax.main ... --mode=export [--output=DIR]   # the best model's variables
+  python -m reid_jax.main ... --mode=visualize [--checkpoint=features.npz] [--output=DIR]
 
-`--checkpoint` is a variables checkpoint (`python -m reid_jax.convert`, or `best_model/`
-written by training); without it, eval and extract use the latest run checkpoint in --workdir.
+`--checkpoint` (eval / extract / export) is "latest" (default for eval / extract) or "best"
+(default for export: best by mAP) of the workdir's run checkpoints, a variables checkpoint
+(`python -m reid_jax.convert`, --mode=export), another run's workdir, or a PyTorch .pth.
 Multi-host: pass --coordinator_address, --num_processes and --process_id on every host (or
 nothing where the cluster sets them up for jax.distributed.initialize()).
+
+A mistake (a config key or value, a missing folder, a bad file or checkpoint) prints one line
+naming it and exits with status 2; --debug (or REID_JAX_DEBUG=1) shows the traceback instead.
 """
 
-import functools
-import json
+import difflib
+import importlib.util
 import logging as pylogging
 import os
-from pathlib import Path
+import re
+import sys
+import traceback
+from collections.abc import Callable
 
-import jax
-import ml_collections
-import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from reid_jax import checkpoint, evaluate, optim, parallel, torch_weights
-from reid_jax.models import create_model, feature_dim, init_variables
-from reid_jax.train import create_train_state, init_centers, train_and_evaluate, variables_of
-from reid_jax.train_checkpoint import RunCheckpoints
-
-
-def load_dataset(dataset: str, root: str, config: ml_collections.ConfigDict, workdir: Path):
-    """The data_pipelines Dataset for `dataset` at `root`. The synthetic dataset is written
-    into `workdir/synthetic` on first use when no root is given."""
-    from data_pipelines.datasets import get_dataset  # TensorFlow only where data is read.
-
-    options = {}
-    if dataset == "synthetic":
-        root = root or str(workdir / "synthetic")
-        options = config.data.synthetic.to_dict()
-    elif not root:
-        raise ValueError(
-            f"config.data.root is empty: dataset {dataset!r} needs its folder (for example the "
-            f"one holding bounding_box_train/, bounding_box_test/ and query/ for Market-1501 "
-            f"and DukeMTMC-reID). Pass --config.data.root=/path/to/{dataset}")
-    return get_dataset(dataset, root, **options)
-
-
-def initial_variables(model, config: ml_collections.ConfigDict) -> dict:
-    """Random init, or `config.model.pretrained`: a PyTorch .pth (torchvision ImageNet ResNet or
-    a BoT checkpoint, converted on the fly) or a variables checkpoint directory."""
-    variables = init_variables(model, jax.random.PRNGKey(config.seed),
-                               tuple(config.data.image_size))
-    source = config.model.pretrained
-    if not source:
-        return variables
-    variables = jax.tree_util.tree_map(np.asarray, variables)
-    if Path(source).is_dir():
-        return checkpoint.load_variables(source, target=variables)
-    return torch_weights.load_torch_weights(source, variables)
-
-
-def eval_variables(model, config: ml_collections.ConfigDict, workdir: Path, num_classes: int,
-                   variables_dir: str | None) -> dict:
-    """Variables for eval / extract: `variables_dir` (--checkpoint), else the latest run
-    checkpoint in `workdir`."""
-    target = jax.tree_util.tree_map(np.asarray, init_variables(
-        model, jax.random.PRNGKey(config.seed), tuple(config.data.image_size)))
-    if variables_dir:
-        return checkpoint.load_variables(variables_dir, target=target)
-    runs = RunCheckpoints(workdir / "checkpoints", config.train.keep_checkpoints)
-    if runs.latest_epoch() is None:
-        raise FileNotFoundError(f"no run checkpoint in {runs.directory} and no --checkpoint")
-    tx = optim.make_optimizer(config)
-    state = create_train_state(target, init_centers(jax.random.PRNGKey(0), num_classes,
-                                                    feature_dim(config.model.depth)), tx)
-    state, meta = runs.restore(state)
-    logging.info("evaluating the checkpoint after epoch %d", meta["epoch"])
-    runs.close()
-    return variables_of(state)
-
-
-def inference_fn(model):
-    """`(variables, images) -> features`; one object per model, so the forward compiles once
-    for every split extracted with it."""
-    return functools.partial(model.apply, train=False)
-
-
-def extract(apply_fn, variables: dict, records, config: ml_collections.ConfigDict) -> dict:
-    """Features of one split (see evaluate.extract_features), the batch sharded over devices."""
-    from data_pipelines.pipeline import make_eval_iterator
-
-    mesh = parallel.make_mesh()
-    shard = jax.process_count() == 1 and config.data.eval_batch_size % mesh.devices.size == 0
-
-    def batches():
-        for batch in make_eval_iterator(records, config.data):
-            if shard:
-                batch = dict(batch, image=jax.device_put(batch["image"],
-                                                         parallel.data_sharding(mesh)))
-            yield batch
-
-    return evaluate.extract_features(apply_fn, jax.device_get(variables), batches(),
-                                     flip=config.eval.flip, feat_norm=config.eval.feat_norm)
-
-
-def flat_summary(results: dict) -> dict[str, float]:
-    """{"rank1", "mAP", ...} of the original ranking, "rerank_*" of the re-ranked one."""
-    flat = {}
-    for name, row in evaluate.summarize(results).items():
-        prefix = "" if name == "original" else "rerank_"
-        flat.update({f"{prefix}{k}": float(v) for k, v in row.items()
-                     if not k.startswith("num_")})
-    return flat
-
-
-def evaluation_dataset(config: ml_collections.ConfigDict, workdir: Path):
-    """The dataset whose query / gallery are evaluated: config.eval.dataset (cross-domain) or
-    the training dataset."""
-    if config.eval.dataset:
-        return load_dataset(config.eval.dataset, config.eval.root, config, workdir)
-    return load_dataset(config.data.dataset, config.data.root, config, workdir)
-
-
-def run_evaluation(apply_fn, variables: dict, dataset, config: ml_collections.ConfigDict,
-                   rerank: bool) -> dict:
-    """Query and gallery features with `apply_fn` (see `inference_fn`), then the metrics."""
-    query = extract(apply_fn, variables, dataset.query, config)
-    gallery = extract(apply_fn, variables, dataset.gallery, config)
-    eval_config = ml_collections.ConfigDict(config.eval.to_dict())
-    eval_config.rerank = rerank
-    return evaluate.evaluate_features(query, gallery, eval_config)
-
-
-def write_results(workdir: Path, results: dict, name: str, extra: dict) -> None:
-    """`workdir/<name>` (JSON: summary in percent + extra) and the report on stdout."""
-    if jax.process_index() != 0:
-        return
-    report = evaluate.format_report(results)
-    print(report, flush=True)
-    payload = dict(extra, **evaluate.summarize(results))
-    (workdir / name).write_text(json.dumps(payload, indent=2) + "\n")
-
-
-def save_config(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-
-
-def train(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Trains (resuming when workdir holds checkpoints); the final evaluation, with and without
-    re-ranking, goes to workdir/results.json."""
-    from data_pipelines.pipeline import make_train_iterator
-
-    train_set = load_dataset(config.data.dataset, config.data.root, config, workdir)
-    eval_set = evaluation_dataset(config, workdir)
-    model = create_model(config.model, train_set.num_train_ids)
-    apply_fn = inference_fn(model)  # one object: the forward compiles once for the whole run
-
-    def stream(sampler_state):
-        return iter(make_train_iterator(train_set.train, config.data, config.seed,
-                                        jax.process_index(), jax.process_count(),
-                                        sampler_state))
-
-    def evaluate_now(variables: dict, final: bool) -> dict:
-        results = run_evaluation(apply_fn, variables, eval_set, config,
-                                 rerank=final or config.eval.rerank)
-        if final:
-            write_results(workdir, results, "results.json",
-                          {"epochs": config.train.epochs,
-                           "dataset": config.eval.dataset or config.data.dataset})
-        return flat_summary(results)
-
-    train_and_evaluate(config, workdir, model, initial_variables(model, config), stream,
-                       evaluate_now)
+USER_ERRORS = (ValueError, OSError, KeyError)  # ConfigError, FileNotFoundError, ... included
+MODES = ("train", "eval", "extract", "export", "visualize")
 
 
 class _QuietLibraries(pylogging.Filter):
-    """Keeps warnings and errors from orbax (which logs every step of every save at INFO)."""
+    """Keeps only orbax's warnings: it logs every step of every save at INFO, and the failure of
+    a background save as pages of tracebacks (its own, and asyncio's for each of its write
+    tasks), which the run reports in one line instead (RunCheckpoints.check)."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        return record.levelno >= pylogging.WARNING or "/orbax/" not in record.pathname
+        if record.name == "asyncio":
+            return "/orbax/" not in record.getMessage()
+        return "/orbax/" not in record.pathname or record.levelno == pylogging.WARNING
 
 
-def define_flags() -> None:
-    """Defines this command's absl flags. Called only when run as a program, so that importing
-    the module (tests, notebooks, `reid_jax.convert` in the same process) defines none."""
+def _is_closed_loop_callback(error: BaseException) -> bool:
+    """A RuntimeError("Event loop is closed") raised where a write that orbax started finishes
+    after orbax closed its event loop on a failed save (reported once by the run instead)."""
+    frames = traceback.extract_tb(error.__traceback__)
+    return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+            and any(frame.name == "call_soon_threadsafe" for frame in frames))
+
+
+def _quiet_library_noise() -> None:
+    """Routes orbax's and asyncio's logs through `_QuietLibraries`, and drops the closed-loop
+    callbacks of a failed background save, which tensorstore reports as unraisable."""
+    for name in ("absl", "asyncio"):
+        pylogging.getLogger(name).addFilter(_QuietLibraries())
+    default_hook = sys.unraisablehook
+
+    def unraisablehook(unraisable) -> None:
+        if not _is_closed_loop_callback(unraisable.exc_value):
+            default_hook(unraisable)
+
+    sys.unraisablehook = unraisablehook
+
+
+def define_flags(flag_values: flags.FlagValues, argv: list[str]) -> None:
+    """This command's flags, in `flag_values` (not absl's global FLAGS: importing this module
+    or calling `cli` twice defines nothing globally)."""
     config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
-                                    lock_config=True)
-    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.")
-    flags.DEFINE_enum("mode", "train", ["train", "eval", "extract"], "What to run.")
-    flags.DEFINE_string("checkpoint", None, "eval / extract: a variables checkpoint directory.")
-    flags.DEFINE_string("output", None,
-                        "extract: the .npz to write (default WORKDIR/features.npz).")
-    flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-    flags.DEFINE_integer("num_processes", None, "Multi-host: process count.")
-    flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
-    flags.mark_flags_as_required(["config", "workdir"])
+                                    flag_values=flag_values, lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, results.",
+                        flag_values=flag_values)
+    flags.DEFINE_enum("mode", "train", list(MODES), "What to run.", flag_values=flag_values)
+    flags.DEFINE_string("checkpoint", None, "eval / extract / export: latest | best | a "
+                        "variables checkpoint | a run workdir | a .pth.",
+                        flag_values=flag_values)
+    flags.DEFINE_string("output", None, "extract: the .npz (default WORKDIR/features.npz); "
+                        "export: the folder (default WORKDIR/best_model); visualize: the "
+                        "folder (default WORKDIR/visualize).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "Multi-host: process count.",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.",
+                         flag_values=flag_values)
+    flags.DEFINE_bool("debug", False, "Show tracebacks of mistakes.", flag_values=flag_values)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-    flag = flags.FLAGS
-    if flag.coordinator_address or flag.num_processes:
-        jax.distributed.initialize(flag.coordinator_address, flag.num_processes, flag.process_id)
-    run(flag.config, flag.workdir, flag.mode, flag.checkpoint, flag.output)
+def flag_error(error: Exception, argv: list[str]) -> str:
+    """One line for a command-line parsing error: a config file that does not load, an unknown
+    config key (with the nearest ones), an unknown flag or a bad value."""
+    config_arg = next((arg for arg in argv if arg.startswith("--config=")), None)
+    if config_arg:
+        try:
+            keys = _config_keys(load_config_file(config_arg.removeprefix("--config=")))
+        except Exception as load_error:
+            return f"cannot load {config_arg}: {_last_error_line(str(load_error))}"
+        for arg in argv:
+            key = re.match(r"--(config\.[^=]+)=", arg)
+            if key and key.group(1) not in keys:
+                near = difflib.get_close_matches(key.group(1), keys, n=1, cutoff=0.6)
+                hint = f"; did you mean --{near[0]}?" if near else ""
+                return f"--{key.group(1)} is not a key of the config{hint}"
+    unknown = re.search(r"Unknown command line flag '([^']+)'", str(error))
+    if unknown:
+        return f"unknown flag --{unknown.group(1)} (see --help)"
+    return _last_error_line(str(error))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, mode: str = "train",
-        variables_dir: str | None = None, output: str | None = None) -> None:
-    """What `python -m reid_jax.main` does once its flags are parsed (see the module doc)."""
-    workdir = Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    logging.info("JAX %s, %d devices (%s), %d processes", jax.__version__, jax.device_count(),
-                 jax.devices()[0].platform, jax.process_count())
-    if mode == "train":
-        save_config(config, workdir)
-        train(config, workdir)
-        return
-    eval_set = evaluation_dataset(config, workdir)
-    num_classes = _num_train_ids(config, workdir, variables_dir)
-    model = create_model(config.model, num_classes)
-    variables = eval_variables(model, config, workdir, num_classes, variables_dir)
-    if mode == "eval":
-        results = run_evaluation(inference_fn(model), variables, eval_set, config,
-                                 config.eval.rerank)
-        write_results(workdir, results, "eval_results.json", {
-            "checkpoint": variables_dir or str(workdir / "checkpoints"),
-            "dataset": config.eval.dataset or config.data.dataset})
-        return
-    output = Path(output or workdir / "features.npz")
-    arrays, apply_fn = {}, inference_fn(model)
-    for split in ("query", "gallery"):
-        feats = extract(apply_fn, variables, getattr(eval_set, split), config)
-        arrays.update({f"{split}_{k}": np.asarray(v) for k, v in feats.items()})
-    if jax.process_index() == 0:
-        np.savez(output, **arrays)
-        print(f"wrote {output}: {len(arrays['query_features'])} query and "
-              f"{len(arrays['gallery_features'])} gallery features", flush=True)
+def load_config_file(spec: str):
+    """`get_config(arg)` of the config file `path[:arg]`, as --config loads it (no overrides)."""
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("reid_jax_config", path)
+    if module_spec is None:
+        raise FileNotFoundError(f"[Errno 2] No such file: {path!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(*([arg] if arg else []))
 
 
-def _num_train_ids(config: ml_collections.ConfigDict, workdir: Path,
-                   variables_dir: str | None) -> int:
-    """The classifier width of the checkpoint to evaluate: from a variables checkpoint's metadata
-    when it records one, else the training dataset's id count."""
-    if variables_dir:
-        meta = checkpoint.load_metadata(variables_dir)
-        if "num_classes" in meta:
-            return int(meta["num_classes"])
-    return load_dataset(config.data.dataset, config.data.root, config, workdir).num_train_ids
+def _last_error_line(text: str) -> str:
+    """The line of a (possibly traceback-laden) message that says what went wrong."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "invalid command line"
+    cause = [line for line in lines if re.match(r"^(\w+\.)*\w+(Error|Exception): ", line)
+             or line.startswith("[Errno")]
+    return cause[-1] if cause else lines[0]
+
+
+def _config_keys(config, prefix: str = "config.") -> list[str]:
+    keys = []
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            keys += _config_keys(value, f"{prefix}{key}.")
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def parse_command_line(argv: list[str], define: Callable[[flags.FlagValues, list[str]], None],
+                       required: tuple[str, ...], positional: int = 0
+                       ) -> flags.FlagValues | int:
+    """The parsed flags of `argv` (config file and overrides loaded; `positional` arguments
+    expected besides them), or the exit status after one `error:` line for a mistake."""
+    flag_values = flags.FlagValues()
+    define(flag_values, argv)
+    try:
+        extra = flag_values(argv)[1:]
+        if len(extra) != positional:
+            return fail(f"expected {positional} arguments besides the flags, got {extra}")
+        for name in required:
+            if flag_values[name].value is None:
+                return fail(f"--{name} is required")
+        flag_values.config.keys()  # the config file and its overrides, loaded lazily
+    except (flags.Error, OSError, AttributeError, ValueError, TypeError) as error:
+        if _debug(argv):
+            raise
+        return fail(flag_error(error, argv))
+    flags.FLAGS.mark_as_parsed()  # absl logging reads its verbosity from the global flags
+    _quiet_library_noise()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return flag_values
+
+
+def report_mistakes(command: Callable[[], None], argv: list[str]) -> int:
+    """Runs `command`; a user mistake becomes one `error:` line and status 2 (the traceback with
+    --debug or REID_JAX_DEBUG=1)."""
+    from reid_jax.checkpoint import CheckpointWriteError
+
+    try:
+        command()
+    except (*USER_ERRORS, CheckpointWriteError) as error:
+        if _debug(argv):
+            raise
+        message = str(error) if not isinstance(error, KeyError) else f"missing key {error}"
+        return fail(f"{message} (--debug shows the traceback)")
+    return 0
+
+
+def _debug(argv: list[str]) -> bool:
+    return os.environ.get("REID_JAX_DEBUG", "") not in ("", "0") or "--debug" in argv
+
+
+def cli(argv: list[str]) -> int:
+    """Runs the command line `argv` (argv[0] the program); returns the exit status."""
+    flag_values = parse_command_line(argv, define_flags, ("config", "workdir"))
+    if isinstance(flag_values, int):
+        return flag_values
+    logging.set_verbosity(logging.INFO)
+
+    def command() -> None:
+        import jax
+
+        from reid_jax import run
+
+        if flag_values.coordinator_address or flag_values.num_processes:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts
+            jax.distributed.initialize(flag_values.coordinator_address,
+                                       flag_values.num_processes, flag_values.process_id)
+        mode, config, workdir = flag_values.mode, flag_values.config, flag_values.workdir
+        if mode == "train":
+            run.train(config, workdir)
+        elif mode == "eval":
+            run.evaluate(config, workdir, flag_values.checkpoint)
+        else:
+            run.MODES[mode](config, workdir, flag_values.checkpoint, flag_values.output)
+
+    return report_mistakes(command, argv)
+
+
+def fail(message: str) -> int:
+    """Writes `error: message` to stderr; returns the exit status of a mistake (2)."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    return 2
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    define_flags()
-    app.run(main)
+    sys.exit(cli(sys.argv))

@@ -5,7 +5,8 @@ train step is written over the global batch, so XLA inserts the collectives that
 statistics and batch-hard mining global: 1 device and N devices compute the same thing.
 """
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -40,22 +41,41 @@ def check_batch_divisible(batch_size: int, mesh: Mesh, what: str) -> None:
             f"({processes} processes); choose a batch size that is a multiple of {devices}")
 
 
-def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Assembles each host's slice `[B / num_processes, ...]` into global arrays `[B, ...]`
-    sharded over `data`. Non-array entries (paths) must be removed by the caller."""
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+    """Assembles each host's slice `[B / num_processes, ...]` of every array of the (nested)
+    dict into global arrays `[B, ...]` sharded over `data`. Non-array entries (paths) must be
+    removed by the caller."""
     sharding = data_sharding(mesh)
-    return {key: jax.make_array_from_process_local_data(sharding, value)
-            for key, value in local_batch.items()}
+    return jax.tree.map(lambda value: jax.make_array_from_process_local_data(sharding, value),
+                        local_batch)
+
+
+def prefetch_to_device(items: Iterator, to_device: Callable, size: int = 2) -> Iterator:
+    """Yields (item, to_device(item)) with the transfers of the next `size - 1` items already
+    started, so the host-to-device copy of a batch overlaps the step before it (JAX transfers
+    and dispatches asynchronously)."""
+    queue = collections.deque()
+    for item in items:
+        queue.append((item, to_device(item)))
+        if len(queue) == size:
+            yield queue.popleft()
+    yield from queue
 
 
 def jit_sharded_step(step_fn: Callable, mesh: Mesh) -> Callable:
-    """jit of `step_fn(state, batch, rng) -> (state, metrics)` with the state replicated and
-    donated, the batch sharded on `data`, the rng and metrics replicated."""
+    """jit of `step_fn(state, batch) -> (state, metrics)` with the state replicated and
+    donated, the batch sharded on `data`, the metrics replicated."""
     rep, data = replicated(mesh), data_sharding(mesh)
-    return jax.jit(step_fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep),
+    return jax.jit(step_fn, in_shardings=(rep, data), out_shardings=(rep, rep),
                    donate_argnums=0)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Places a pytree (e.g. the train state) on every device of `mesh`."""
     return jax.device_put(tree, replicated(mesh))
+
+
+def host_local(tree: Any) -> Any:
+    """`tree` usable on this process's devices alone: with several processes, replicated global
+    arrays are copied to host numpy (each process holds the whole value); unchanged otherwise."""
+    return jax.device_get(tree) if jax.process_count() > 1 else tree

@@ -116,11 +116,35 @@ def test_pattern_reader_with_a_camera_group(tmp_path):
     files = {"a": ["p7_cam1_0.jpg", "p7_cam2_0.jpg", "p9_cam2_1.jpg"],
              "q": ["p3_cam1_0.jpg"], "g": ["p3_cam3_5.jpg", "p4_cam1_0.jpg"]}
     touch_layout(tmp_path, files)
-    dataset = get_dataset("pattern", tmp_path, pattern=r"p(?P<pid>\d+)_cam(?P<camid>\d)_\d+\.jpg",
+    dataset = get_dataset("pattern", tmp_path, regex=r"p(?P<pid>\d+)_cam(?P<camid>\d)_\d+\.jpg",
                           train_dir="a", query_dir="q", gallery_dir="g")
     assert list(dataset.train.pids) == [0, 0, 1] and list(dataset.train.camids) == [0, 1, 1]
     assert list(dataset.gallery.pids) == [3, 4] and list(dataset.gallery.camids) == [2, 0]
     assert dataset.num_cameras == 3
+
+
+def test_pattern_reader_maps_an_index_counted_from_one_to_cameras(tmp_path):
+    """Names like 0001001.png: id 0001, images 001-002 from camera A, 003-004 from camera B;
+    queries are camera A, the gallery camera B (one folder)."""
+    names = [f"{pid:04d}{image:03d}.png" for pid in (1, 2, 5) for image in (1, 2, 3, 4)]
+    touch_layout(tmp_path, {"train": names, "test": names})
+    layout = {"regex": r"(?P<pid>\d{4})(?P<index>\d{3})\.png", "train_dir": "train",
+              "query_dir": "test", "gallery_dir": "test", "images_per_camera": 2,
+              "index_offset": 1, "query_cameras": (0,), "gallery_cameras": (1,)}
+    dataset = get_dataset("pattern", tmp_path, **layout)
+    assert list(dataset.train.camids) == [0, 0, 1, 1] * 3
+    assert list(dataset.query.pids) == [1, 1, 2, 2, 5, 5]
+    assert set(dataset.query.camids) == {0} and set(dataset.gallery.camids) == {1}
+    assert [Path(p).name for p in dataset.gallery.paths][:2] == ["0001003.png", "0001004.png"]
+    with pytest.raises(ValueError, match=r"regex='.*jpg' matches no file in .*train \(e\.g\. "
+                                         r"not '0001001.png'\)"):
+        get_dataset("pattern", tmp_path, **dict(layout, regex=r"(?P<pid>\d{4})(?P<index>\d{3})"
+                                                              r"\.jpg"))
+    with pytest.raises(ValueError, match="index 001 in .* is below "
+                                         "config.data.pattern.index_offset=2"):
+        get_dataset("pattern", tmp_path, **dict(layout, index_offset=2))
+    with pytest.raises(ValueError, match="set config.data.pattern.images_per_camera"):
+        get_dataset("pattern", tmp_path, **dict(layout, images_per_camera=0))
 
 
 def test_missing_folder_names_the_layout(tmp_path):
@@ -165,7 +189,7 @@ def test_unknown_dataset_and_stray_options(tmp_path):
     with pytest.raises(ValueError, match="unknown dataset 'market'"):
         get_dataset("market", tmp_path)
     with pytest.raises(ValueError, match="takes no options"):
-        get_dataset("market1501", tmp_path, pattern="x")
+        get_dataset("market1501", tmp_path, regex="x")
     with pytest.raises(ValueError, match="config.data.root is empty"):
         get_dataset("market1501", "")
 

@@ -1,6 +1,7 @@
 """tf.data streams on a tiny synthetic Market-layout dataset: the eval contract, train batches
 against the sampler + augmentation recomputed in numpy from the files, resume, host slices,
-corrupt files, the resize against PIL's bilinear algorithm, and one TFDS build end to end."""
+corrupt files, and one TFDS build end to end (decoding and resizing against PIL:
+tests/test_images_pil.py)."""
 
 import math
 from pathlib import Path
@@ -13,7 +14,6 @@ tf = pytest.importorskip("tensorflow")
 from configs.market import get_config  # noqa: E402
 from data_pipelines.augment import AugmentConfig, augment_batch  # noqa: E402
 from data_pipelines.datasets import get_dataset  # noqa: E402
-from data_pipelines.images import decode_resize  # noqa: E402
 from data_pipelines.pipeline import (  # noqa: E402
     augment_params,
     make_eval_iterator,
@@ -43,8 +43,10 @@ def data_config():
 
 
 def decoded(paths) -> np.ndarray:
-    """uint8 [N, H, W, 3] straight from the JPEG files (already at SIZE: no resize)."""
-    return np.stack([tf.io.decode_jpeg(Path(p).read_bytes(), channels=3).numpy() for p in paths])
+    """uint8 [N, H, W, 3] straight from the JPEG files (already at SIZE: no resize), with the
+    accurate integer DCT that PIL uses (tests/test_images_pil.py compares the decoder to PIL)."""
+    return np.stack([tf.io.decode_jpeg(Path(p).read_bytes(), channels=3,
+                                       dct_method="INTEGER_ACCURATE").numpy() for p in paths])
 
 
 def test_eval_stream_yields_every_image_once_in_order(synthetic_root, data_config):
@@ -104,6 +106,31 @@ def test_train_batches_follow_the_sampler_and_augmentation(synthetic_root, data_
         np.testing.assert_allclose(batch["image"], expected["image"], rtol=0, atol=2e-6)
 
 
+def test_device_augmentation_gives_the_pixels_of_tf_data(synthetic_root, data_config):
+    """`augment=False` streams uint8 images and their parameters; `augment_batch` under
+    jax.jit on them (what the train step runs on an accelerator) gives, bit for bit, the pixels
+    the tf.data pipeline makes from the same draws."""
+    import jax
+    import jax.numpy as jnp
+
+    records = get_dataset("market1501", synthetic_root).train
+    host = make_train_iterator(records, data_config, seed=5)
+    device = make_train_iterator(records, data_config, seed=5, augment=False)
+    cfg = AugmentConfig.from_config(data_config)
+    augment = jax.jit(lambda images, params: augment_batch(images, params, cfg, jnp))
+    flips = erased = 0
+    for _ in range(6):
+        want, got = next(host), next(device)
+        assert got.batch["image"].dtype == np.uint8 and got.batch["image"].shape == (8, *SIZE, 3)
+        np.testing.assert_array_equal(got.batch["label"], want.batch["label"])
+        np.testing.assert_array_equal(np.asarray(augment(got.batch["image"],
+                                                         got.batch["augment"])),
+                                      want.batch["image"])
+        flips += int(got.batch["augment"]["flip"].sum())
+        erased += int((got.batch["augment"]["erase_h"] > 0).sum())
+    assert flips > 0 and erased > 0  # every transform was exercised
+
+
 def test_resume_and_host_slices_reproduce_the_stream(synthetic_root, data_config):
     records = get_dataset("market1501", synthetic_root).train
     stream = make_train_iterator(records, data_config, seed=1)
@@ -148,44 +175,6 @@ def test_corrupt_images_are_named(corrupt_root, data_config):
             next(stream)
     with pytest.raises(ValueError, match=f"cannot read or decode image {gallery_bad}"):
         list(make_eval_iterator(dataset.gallery, data_config))
-
-
-def pil_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
-    """PIL's ImagingResample coefficients for the bilinear (triangle) filter: [out, in]."""
-    scale = in_size / out_size
-    support = max(scale, 1.0)
-    weights = np.zeros((out_size, in_size))
-    for out in range(out_size):
-        center = (out + 0.5) * scale
-        low = max(int(center - support + 0.5), 0)
-        high = min(int(center + support + 0.5), in_size)
-        taps = np.array([max(0.0, 1 - abs((x - center + 0.5) / support))
-                         for x in range(low, high)])
-        weights[out, low:high] = taps / taps.sum()
-    return weights
-
-
-def pil_resize(image: np.ndarray, size: tuple[int, int], round_between: bool) -> np.ndarray:
-    """PIL Image.resize((W, H), BILINEAR) on uint8 RGB: horizontal pass, then vertical pass; PIL
-    stores the first pass as uint8 (`round_between`), TF keeps it in float."""
-    rows = pil_bilinear_weights(image.shape[0], size[0])
-    cols = pil_bilinear_weights(image.shape[1], size[1])
-    horizontal = np.einsum("ox,hxc->hoc", cols, image.astype(float))
-    if round_between:
-        horizontal = np.clip(np.floor(horizontal + 0.5), 0, 255)
-    return np.clip(np.floor(np.einsum("oy,ywc->owc", rows, horizontal) + 0.5), 0, 255)
-
-
-@pytest.mark.parametrize("source,target", [((128, 64), (256, 128)), ((150, 70), (64, 32)),
-                                           ((40, 20), (256, 128))])
-def test_resize_matches_pil_bilinear(source, target):
-    blocks = np.random.default_rng(0).integers(0, 256, (source[0] // 4 + 1, source[1] // 4 + 1, 3))
-    image = np.kron(blocks, np.ones((4, 4, 1)))[:source[0], :source[1]].astype(np.uint8)
-    ours = decode_resize(tf.io.encode_png(image), target).numpy()
-    assert ours.dtype == np.uint8 and ours.shape == (*target, 3)
-    same_filter = np.abs(ours - pil_resize(image, target, round_between=False))
-    assert same_filter.max() <= 1 and same_filter.mean() < 0.01  # float rounding only
-    assert np.abs(ours - pil_resize(image, target, round_between=True)).max() <= 1
 
 
 def test_tfds_build_round_trips_the_folder(tmp_path, synthetic_root, data_config):

@@ -9,12 +9,12 @@ import pytest
 from numpy_eval import reference_eval_func
 
 from configs.market import get_config
-from reid_jax import evaluate
-from reid_jax.distances import distance_matrix, l2_normalize
+from reid_jax import eval as reid_eval
+from reid_jax.eval.distances import distance_matrix, l2_normalize
 
 
 def assert_matches_reference(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50, chunk_size=7):
-    ours = evaluate.evaluate_rankings(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank,
+    ours = reid_eval.evaluate_rankings(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank,
                                       chunk_size=chunk_size)
     cmc, m_ap, m_inp, all_ap, first, num_valid = reference_eval_func(
         np.asarray(distmat), q_pids, g_pids, q_cams, g_cams, max_rank)
@@ -56,7 +56,7 @@ def test_rankings_match_reference_with_continuous_distances_and_short_cmc():
 
 def test_chunk_size_does_not_change_results():
     case = random_case(11, num_query=60)
-    results = [evaluate.evaluate_rankings(*case, chunk_size=c) for c in (1, 8, 1024)]
+    results = [reid_eval.evaluate_rankings(*case, chunk_size=c) for c in (1, 8, 1024)]
     for other in results[1:]:
         for key in ("cmc", "all_AP", "all_INP", "first_match_index"):
             np.testing.assert_array_equal(other[key], results[0][key])
@@ -93,7 +93,7 @@ def test_hand_computed_case():
         # Query (3, cam 2): its only gallery image shares its camera: skipped.
         [0.1, 0.2, 0.3, 0.4, 0.5],
     ], np.float32)
-    out = evaluate.evaluate_rankings(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=5)
+    out = reid_eval.evaluate_rankings(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=5)
     ap = [(1 / 2 + 2 / 4) / 2, (1 / 1 + 2 / 2 + 3 / 4) / 3]
     np.testing.assert_allclose(out["all_AP"][:2], ap)
     assert np.isnan(out["all_AP"][2])
@@ -106,7 +106,7 @@ def test_hand_computed_case():
 
 def test_no_valid_query_is_an_error():
     with pytest.raises(ValueError, match="no query has a true match"):
-        evaluate.evaluate_rankings(np.zeros((1, 2), np.float32), np.array([1]), np.array([1, 2]),
+        reid_eval.evaluate_rankings(np.zeros((1, 2), np.float32), np.array([1]), np.array([1, 2]),
                                    np.array([0]), np.array([0, 0]))
 
 
@@ -128,8 +128,9 @@ def test_distances_against_numpy():
 
 
 def linear_apply(variables, images):
-    """A stand-in model: [B, H, W, 3] -> [B, D] through a fixed matrix (not flip invariant)."""
-    return images.reshape(images.shape[0], -1) @ variables["w"]
+    """A stand-in model: [B, H, W, 3] -> {"features": [B, D]} through a fixed matrix (not flip
+    invariant)."""
+    return {"features": images.reshape(images.shape[0], -1) @ variables["w"]}
 
 
 def make_batches(images, pids, camids, batch_size):
@@ -156,8 +157,9 @@ def test_extract_features_drops_padding_flips_and_normalises(flip, feat_norm):
     images = rng.standard_normal((11, 4, 3, 3)).astype(np.float32)
     pids, camids = rng.integers(0, 5, 11), rng.integers(0, 3, 11)
     w = rng.standard_normal((36, 6)).astype(np.float32)
-    out = evaluate.extract_features(linear_apply, {"w": w}, make_batches(images, pids, camids, 4),
-                                    flip=flip, feat_norm=feat_norm)
+    out = reid_eval.extract_features(linear_apply, {"w": w},
+                                     make_batches(images, pids, camids, 4), flip=flip,
+                                     feat_norm=feat_norm)
     flat = images.reshape(11, -1).astype(np.float64) @ w
     if flip:
         flat = (flat + images[:, :, ::-1].reshape(11, -1).astype(np.float64) @ w) / 2
@@ -182,7 +184,7 @@ def test_extract_features_compiles_the_forward_once():
     images = rng.standard_normal((10, 4, 3, 3)).astype(np.float32)
     w = {"w": rng.standard_normal((36, 5)).astype(np.float32)}
     for _ in range(2):  # query, then gallery
-        evaluate.extract_features(apply, w, make_batches(images, np.zeros(10), np.zeros(10), 4))
+        reid_eval.extract_features(apply, w, make_batches(images, np.zeros(10), np.zeros(10), 4))
     assert traces == [(4, 4, 3, 3)]
 
 
@@ -217,7 +219,7 @@ def test_evaluate_features_matches_reference(metric, feat_norm):
     config.distance, config.feat_norm, config.chunk_size, config.max_rank = (
         metric, feat_norm, 16, 20)
     query, gallery = features_case(1)
-    results = evaluate.evaluate_features(query, gallery, config)
+    results = reid_eval.evaluate_features(query, gallery, config)
     assert set(results) == {"original"}
     distmat = numpy_distance(query["features"], gallery["features"], metric, feat_norm)
     cmc, m_ap, m_inp, all_ap, _, num_valid = reference_eval_func(
@@ -233,16 +235,49 @@ def test_report_and_json_summary():
     config = get_config().eval
     config.rerank, config.chunk_size = True, 16
     query, gallery = features_case(2, num_query=30, num_gallery=150)
-    results = evaluate.evaluate_features(query, gallery, config)
-    summary = evaluate.summarize(results)
+    results = reid_eval.evaluate_features(query, gallery, config)
+    summary = reid_eval.summarize(results)
     json.dumps(summary)
     assert set(summary) == {"original", "re_ranked"}
     for name, metrics in results.items():
         assert summary[name]["rank1"] == pytest.approx(100 * metrics["cmc"][0])
         assert summary[name]["rank10"] == pytest.approx(100 * metrics["cmc"][9])
         assert summary[name]["mAP"] == pytest.approx(100 * metrics["mAP"])
-    report = evaluate.format_report(results)
+    report = reid_eval.format_report(results)
     lines = report.splitlines()
     assert lines[0] == "| setting | rank-1 | rank-5 | rank-10 | mAP | mINP |"
     assert lines[2].startswith("| original | ") and lines[3].startswith("| re-ranked | ")
     assert f"{summary['re_ranked']['mAP']:.1f}" in lines[3]
+
+
+def test_second_evaluation_compiles_nothing():
+    """An Evaluator called twice in a run (features, distances, ranks, re-ranking; other model
+    weights, other features, same sizes) compiles its kernels during the first call only: every
+    shape is fixed by the dataset and the config, never by the data."""
+    from jax import monitoring
+
+    compiles = []
+
+    def count(name, secs, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            compiles.append(name)
+
+    monitoring.register_event_duration_secs_listener(count)
+    rng = np.random.default_rng(3)
+    centroids = rng.standard_normal((9, 36))
+    pids = {"query": rng.integers(1, 9, 40), "gallery": rng.integers(0, 9, 150)}
+    camids = {split: rng.integers(0, 3, len(p)) for split, p in pids.items()}
+    images = {split: (centroids[p] + 0.9 * rng.standard_normal((len(p), 36))).reshape(
+        -1, 4, 3, 3).astype(np.float32) for split, p in pids.items()}
+    config = get_config().eval
+    config.chunk_size = 32
+    evaluator = reid_eval.Evaluator(
+        linear_apply, *(make_batches(images[s], pids[s], camids[s], 16)
+                        for s in ("query", "gallery")), config)
+    weights = [{"w": rng.standard_normal((36, 12)).astype(np.float32)} for _ in range(2)]
+    first = evaluator(weights[0], rerank=True)
+    before = len(compiles)
+    second = evaluator(weights[1], rerank=True)
+    monitoring.unregister_event_duration_listener(count)
+    assert len(compiles) == before, f"{len(compiles) - before} compilations"
+    assert before > 0 and second["re_ranked"]["mAP"] != first["re_ranked"]["mAP"]

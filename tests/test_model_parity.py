@@ -92,3 +92,37 @@ def test_train_forward_and_running_stats_match_torch(tmp_path, neck):
     # The update really moved them: the starting statistics are far from the updated ones.
     before = jax.tree.leaves(variables["batch_stats"])
     assert max(np.abs(b - w).max() for b, w in zip(before, want_stats, strict=True)) > 1e-2
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_bfloat16_batchnorm_rounds_only_its_output(train):
+    """BN on bfloat16 activations with |mean| / std ~ 3 (post-ReLU maps look like this): the
+    result equals PyTorch's float64 BatchNorm of the same bfloat16 values, rounded once to
+    bfloat16 (<= 1/2 ulp + float32 noise); the folded x * m + (b - mean * m) in bfloat16 misses
+    that by several ulps."""
+    from reid_jax.models import BatchNorm
+
+    rng = np.random.default_rng(0)
+    channels = 16
+    x = (3.0 + rng.normal(size=(8, 6, 5, channels))).astype(jax.numpy.bfloat16)
+    scale = rng.uniform(0.5, 1.5, channels).astype(np.float32)
+    bias = rng.normal(scale=0.2, size=channels).astype(np.float32)
+    stats = {"mean": (3.0 + rng.normal(scale=0.1, size=channels)).astype(np.float32),
+             "var": rng.uniform(0.7, 1.4, channels).astype(np.float32)}
+    norm = BatchNorm(dtype=jax.numpy.bfloat16)
+    variables = {"params": {"scale": scale, "bias": bias}, "batch_stats": stats}
+    got = norm.apply(variables, x, train=train, mutable=["batch_stats"])[0]
+
+    reference = torch.nn.BatchNorm2d(channels).double()
+    with torch.no_grad():
+        reference.weight.copy_(torch.tensor(scale))
+        reference.bias.copy_(torch.tensor(bias))
+        reference.running_mean.copy_(torch.tensor(stats["mean"]))
+        reference.running_var.copy_(torch.tensor(stats["var"]))
+        reference.train(train)
+        exact = reference(torch.tensor(np.asarray(x, np.float64)).permute(0, 3, 1, 2))
+    exact = exact.permute(0, 2, 3, 1).numpy()
+    # bfloat16 keeps 8 significant bits: its ulp at |y| in [2^e, 2^(e+1)) is 2^(e-7).
+    ulp = 2.0 ** (np.floor(np.log2(np.maximum(np.abs(exact), 2.0 ** -120))) - 7)
+    error = np.abs(np.asarray(got, np.float64) - exact)
+    assert np.all(error <= 0.5 * ulp + 1e-6), float(np.max(error / ulp))

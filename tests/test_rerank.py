@@ -5,8 +5,8 @@ import pytest
 from numpy_eval import reference_eval_func
 
 from configs.market import get_config
-from reid_jax import evaluate
-from reid_jax.neighbours import nearest_neighbours
+from reid_jax import eval as reid_eval
+from reid_jax.eval.neighbours import nearest_neighbours
 
 
 def reference_re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
@@ -98,16 +98,16 @@ def dense_case(seed):
 def test_re_ranking_matches_reference_and_chunking_does_not_matter():
     q_g, q_q, g_g = dense_case(0)
     expected = reference_re_ranking(q_g, q_q, g_g)
-    chunked = evaluate.re_ranking(q_g, q_q, g_g, chunk_size=16)
+    chunked = reid_eval.re_ranking(q_g, q_q, g_g, chunk_size=16)
     np.testing.assert_allclose(chunked, expected, atol=1e-4, rtol=0)
-    whole = evaluate.re_ranking(q_g, q_q, g_g, chunk_size=1000)
+    whole = reid_eval.re_ranking(q_g, q_q, g_g, chunk_size=1000)
     np.testing.assert_allclose(whole, chunked, atol=1e-6, rtol=0)  # float sums may reorder
 
 
 def test_re_ranking_without_query_expansion_matches_reference():
     q_g, q_q, g_g = dense_case(1)
     expected = reference_re_ranking(q_g, q_q, g_g, k1=6, k2=1, lambda_value=0.5)
-    ours = evaluate.re_ranking(q_g, q_q, g_g, k1=6, k2=1, lambda_value=0.5, chunk_size=16)
+    ours = reid_eval.re_ranking(q_g, q_q, g_g, k1=6, k2=1, lambda_value=0.5, chunk_size=16)
     np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
 
 
@@ -116,7 +116,7 @@ def test_re_ranking_uses_columns_of_asymmetric_input_and_does_not_square():
     q_g = rng.random((30, 150)).astype(np.float32)
     q_q, g_g = rng.random((30, 30)).astype(np.float32), rng.random((150, 150)).astype(np.float32)
     expected = reference_re_ranking(q_g, q_q, g_g)
-    ours = evaluate.re_ranking(q_g, q_q, g_g, chunk_size=16)
+    ours = reid_eval.re_ranking(q_g, q_q, g_g, chunk_size=16)
     np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
 
 
@@ -124,9 +124,9 @@ def test_re_ranking_features_matches_reference_and_metrics_agree():
     q, g, q_pids, g_pids, (q_cams, g_cams) = clustered_features(4)
     expected = reference_re_ranking(squared_distances(q, g), squared_distances(q, q),
                                     squared_distances(g, g))
-    ours = evaluate.re_ranking_features(q, g, chunk_size=16)
+    ours = reid_eval.re_ranking_features(q, g, chunk_size=16)
     np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
-    metrics = evaluate.evaluate_rankings(ours, q_pids, g_pids, q_cams, g_cams)
+    metrics = reid_eval.evaluate_rankings(ours, q_pids, g_pids, q_cams, g_cams)
     cmc, m_ap, m_inp, *_ = reference_eval_func(expected, q_pids, g_pids, q_cams, g_cams)
     np.testing.assert_allclose(metrics["cmc"], cmc, atol=1e-6)
     assert metrics["mAP"] == pytest.approx(m_ap, abs=1e-6)
@@ -137,7 +137,7 @@ def test_evaluate_features_with_rerank_matches_reference():
     q, g, q_pids, g_pids, (q_cams, g_cams) = clustered_features(5)
     config = get_config().eval
     config.rerank, config.chunk_size = True, 16
-    results = evaluate.evaluate_features(
+    results = reid_eval.evaluate_features(
         {"features": 3 * q, "pids": q_pids, "camids": q_cams, "feat_norm": False},
         {"features": 3 * g, "pids": g_pids, "camids": g_cams, "feat_norm": False}, config)
     expected = reference_re_ranking(squared_distances(q, g), squared_distances(q, q),

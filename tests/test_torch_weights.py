@@ -73,7 +73,7 @@ def test_reader_matches_torch_tensors(tmp_path, zip_format):
     for key, tensor in tensors.items():
         assert str(read[key].dtype) == str(tensor.dtype).removeprefix("torch."), key
         assert read[key].shape == tuple(tensor.shape), key
-        np.testing.assert_array_equal(read[key].astype(np.float64),
+        np.testing.assert_array_equal(np.asarray(read[key]).astype(np.float64),
                                       tensor.detach().double().numpy(), err_msg=key)
 
 

@@ -18,12 +18,13 @@ import pytest
 
 from configs.market import get_config
 from reid_jax import optim
-from reid_jax.models import create_model, init_variables
+from reid_jax.methods.bot import BoT
+from reid_jax.models import init_variables
 from reid_jax.train import create_train_state, make_train_step
 
 NUM_IDS, P, K = 8, 4, 4
 IMAGE_SIZE = (64, 48)  # maps stay >= 3 wide: XLA:CPU is slow on narrower ones
-LEARNING_RATES = (3.5e-4, 3.815e-5, 3.5e-4)  # changed between steps, as at epoch boundaries
+EPOCHS = (10, 1, 10)  # the epoch (so the lr) changes between steps, as at epoch boundaries
 REL = 1e-4
 
 
@@ -57,20 +58,26 @@ def test_three_steps_match_pytorch(torch):
     for batch in batches:  # torch_reference.to_nchw reads images as float32
         batch["image"] = batch["image"].astype(np.float64)
 
+    lr_table = optim.learning_rates(config.optim, config.train.epochs)
+    learning_rates = [lr_table[epoch] for epoch in EPOCHS]
+    assert learning_rates == pytest.approx([3.5e-4, 3.815e-5, 3.5e-4], rel=1e-12)
     with jax.enable_x64(True):
-        model = create_model(config.model, NUM_IDS).clone(dtype=jnp.float64,
-                                                          param_dtype=jnp.float64)
+        method = BoT(config, NUM_IDS)
+        method.model = method.model.clone(dtype=jnp.float64, param_dtype=jnp.float64)
         # float32-representable start: torch_reference loads weights through float32.
         variables = jax.tree_util.tree_map(
             lambda a: np.asarray(a, np.float32).astype(np.float64),
-            init_variables(model, jax.random.PRNGKey(0), IMAGE_SIZE))
-        tx = optim.make_optimizer(config)
-        state = create_train_state(variables, jnp.asarray(centers0), tx)
-        step = jax.jit(make_train_step(model, tx, config))
+            init_variables(method.model, jax.random.PRNGKey(0), IMAGE_SIZE))
+        tx = method.optimizer(lr_table)
+        state = create_train_state({"model": variables["params"],
+                                    "centers": jnp.asarray(centers0)},
+                                   variables["batch_stats"], tx, jax.random.PRNGKey(1))
+        step = jax.jit(make_train_step(method, tx, lr_table))
         jax_losses = []
-        for batch, lr in zip(batches, LEARNING_RATES, strict=True):
-            state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, lr))
-            state, metrics = step(state, batch, jax.random.PRNGKey(1))
+        for batch, epoch in zip(batches, EPOCHS, strict=True):
+            state = state.replace(epoch=jnp.asarray(epoch, jnp.int32))
+            state, metrics = step(state, batch)
+            assert float(metrics["lr"]) == pytest.approx(lr_table[epoch], rel=1e-7)
             jax_losses.append({k: float(metrics[k])
                                for k in ("loss", "id_loss", "triplet_loss", "center_loss")})
         state = jax.tree_util.tree_map(np.asarray, state)
@@ -78,11 +85,12 @@ def test_three_steps_match_pytorch(torch):
     net = torch_reference.Baseline(NUM_IDS, depth=18, last_stride=1, stem_relu=False).double()
     torch_reference.load_flax_variables(net, variables)
     centers = torch.nn.Parameter(torch.tensor(centers0))
-    adam = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=LEARNING_RATES[0],
+    adam = torch.optim.Adam([p for p in net.parameters() if p.requires_grad],
+                            lr=learning_rates[0],
                             betas=(0.9, 0.999), eps=1e-8, weight_decay=5e-4)
     sgd = torch.optim.SGD([centers], lr=0.5)
     net.train()
-    for batch, lr, expected in zip(batches, LEARNING_RATES, jax_losses, strict=True):
+    for batch, lr, expected in zip(batches, learning_rates, jax_losses, strict=True):
         for group in adam.param_groups:
             group["lr"] = lr
         score, feat = net(torch_reference.to_nchw(batch["image"]).double())

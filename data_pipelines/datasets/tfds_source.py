@@ -1,10 +1,12 @@
 """Reads a prepared TFDS build (see `data_pipelines.tfds_builders`) back into a Dataset whose
-records carry the encoded image files, so the pipelines treat it like a folder."""
+records carry the encoded image files, so the pipelines treat it like a folder. The build is
+read from its folder (`builder_from_directory`), without the builder classes."""
+
+from pathlib import Path
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipelines import tfds_builders
 from data_pipelines.datasets.records import Dataset, Records
 
 SPLITS = ("train", "query", "gallery")
@@ -24,16 +26,18 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> Records:
 
 
 def read(name: str, data_dir: str) -> Dataset:
-    """The TFDS dataset `name` (e.g. "market1501") prepared under `data_dir`."""
-    if name not in tfds_builders.BUILDERS:
-        raise ValueError(f"unknown TFDS dataset {name!r}; expected one of "
-                         f"{sorted(tfds_builders.BUILDERS)}")
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
+    """The TFDS dataset `name` (e.g. "market1501") prepared under `data_dir` (its newest
+    version)."""
+    versions = [info.parent for info in (Path(data_dir).expanduser() / name).glob(
+        "*/dataset_info.json")]
+    if not versions:
         raise FileNotFoundError(
             f"TFDS dataset {name!r} is not prepared under {data_dir}; build it once with\n"
             f"  python -m data_pipelines.build_tfds {name} --data_dir={data_dir} "
             f"--manual_dir=<the {name} folder>")
+    newest = max(versions, key=lambda p: tuple(int(x) for x in p.name.split(".")
+                                               if x.isdigit()))
+    builder = tfds.builder_from_directory(str(newest))
     splits = {split: read_split(builder, split) for split in SPLITS}
     num_cameras = 1 + max(int(records.camids.max()) for records in splits.values())
     return Dataset(**splits, num_train_ids=int(splits["train"].pids.max()) + 1,

@@ -1,4 +1,5 @@
-"""The BoT baseline: ResNet backbone -> global average pool -> BNNeck -> classifier."""
+"""The BoT baseline: backbone (ResNet, IBN-a ResNet, SE-ResNet, SE-ResNeXt) -> global average
+pool -> BNNeck -> classifier."""
 
 from typing import Any
 
@@ -7,8 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import linen as nn
 
+from reid_jax.models.backbones import check_backbone, create_backbone
 from reid_jax.models.neck import Neck
-from reid_jax.models.resnet import ResNet
 
 NECK_FEATS = ("after", "before")
 
@@ -21,6 +22,9 @@ class Baseline(nn.Module):
     Eval mode: returns the inference feature [B, D]: after the neck (`neck_feat="after"`) or
     before it (`"before"`). Outputs are `param_dtype` (float32) whatever the compute `dtype`.
     Input images [B, H, W, 3], normalised float.
+
+    `backbone` and `depth` pick the backbone (`reid_jax.models.backbones`: "resnet",
+    "resnet_ibn_a", "se_resnet", "se_resnext"); `stem_relu` applies to "resnet" only.
     """
 
     num_classes: int
@@ -31,13 +35,14 @@ class Baseline(nn.Module):
     neck_feat: str = "after"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    backbone: str = "resnet"
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool):
         if self.neck_feat not in NECK_FEATS:
             raise ValueError(f"model.neck_feat={self.neck_feat!r}; expected one of {NECK_FEATS}")
-        feat_map = ResNet(self.depth, self.last_stride, self.stem_relu, self.dtype,
-                          self.param_dtype, name="backbone")(images, train)
+        feat_map = create_backbone(self.backbone, self.depth, self.last_stride, self.stem_relu,
+                                   self.dtype, self.param_dtype)(images, train)
         global_feat = jnp.mean(feat_map.astype(self.param_dtype), axis=(1, 2))
         feat, logits = Neck(self.num_classes, self.neck, self.param_dtype,
                             name="neck")(global_feat, train)
@@ -47,9 +52,12 @@ class Baseline(nn.Module):
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> Baseline:
-    """Builds the model described by `config.model` for `num_classes` training identities."""
+    """Builds the model described by `config.model` for `num_classes` training identities
+    (ValueError for a depth its backbone does not have)."""
+    check_backbone(model_config.backbone, model_config.depth)
     return Baseline(
         num_classes=num_classes,
+        backbone=model_config.backbone,
         depth=model_config.depth,
         last_stride=model_config.last_stride,
         stem_relu=model_config.stem_relu,

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reid_jax.distances import pad_rows
+from reid_jax.eval.distances import check_chunk_size, pad_rows
 
 
 def valid_matches(query_pids: np.ndarray, gallery_pids: np.ndarray, query_cams: np.ndarray,
@@ -83,8 +83,7 @@ def match_ranks(dist_rows: Callable[[np.ndarray], jax.Array], query_pids: np.nda
     `dist_rows(query_indices [C] int)` returns those queries' distance rows [C, G] float32 on
     device. Returns (query index [P] int64, rank [P] int64), P the number of true matches.
     """
-    if chunk_size < 1:
-        raise ValueError(f"config.eval.chunk_size={chunk_size}; expected a positive integer")
+    check_chunk_size(chunk_size)
     if len(gallery_pids) >= 2**24:
         raise ValueError(f"{len(gallery_pids)} gallery images: ranks are counted in float32, "
                          "exact below 2^24")

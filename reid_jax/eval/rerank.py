@@ -28,8 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reid_jax.distances import check_distance, pad_rows, pairwise_distance
-from reid_jax.neighbours import nearest_neighbours
+from reid_jax.eval.distances import (
+    as_features,
+    check_chunk_size,
+    check_distance,
+    feature_distance,
+    pad_rows,
+)
+from reid_jax.eval.neighbours import nearest_neighbours
+
+TRIPLE_BLOCK = 1 << 24  # (gallery, column, query) triples summed per call of _min_overlap
 
 
 def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray, k1: int = 20,
@@ -75,22 +83,26 @@ def re_ranking(q_g_dist: np.ndarray, q_q_dist: np.ndarray, g_g_dist: np.ndarray,
     return _rerank(block, False, pairs, num_query, num_gallery, k1, k2, lambda_value, chunk_size)
 
 
-def re_ranking_features(query_feats: np.ndarray, gallery_feats: np.ndarray, k1: int = 20,
-                        k2: int = 6, lambda_value: float = 0.3, chunk_size: int = 1024,
-                        metric: str = "squared_euclidean") -> np.ndarray:
-    """Re-ranking from features [Q, D] and [G, D] float32, as BoT calls it: D = squared
-    Euclidean distances of the features (L2-normalised beforehand when the config says so);
-    `metric` may name another of distances.DISTANCES.
+def re_ranking_features(query_feats: np.ndarray | dict, gallery_feats: np.ndarray | dict,
+                        k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
+                        chunk_size: int = 1024, metric: str = "squared_euclidean") -> np.ndarray:
+    """Re-ranking from features [Q, D] and [G, D] float32 (or feature dicts, see
+    distances.feature_distance), as BoT calls it: D = squared Euclidean distances of the
+    features (L2-normalised beforehand when the config says so); `metric` may name another of
+    distances.DISTANCES, the local ones included.
 
     The N x N distances are computed on device in [chunk_size, chunk_size] blocks, each used
     for its rows and (D being symmetric) its columns, so only the upper triangle of blocks is
     computed, and none is kept. Returns the final distances [Q, G] float32 numpy.
     """
     check_distance(metric)
-    num_query, num_gallery = len(query_feats), len(gallery_feats)
-    feats = np.concatenate([query_feats, gallery_feats]).astype(np.float32)
-    size = min(chunk_size, len(feats))
-    feats = jnp.asarray(pad_rows(feats, -(-len(feats) // size) * size))
+    query_feats, gallery_feats = as_features(query_feats), as_features(gallery_feats)
+    num_query, num_gallery = len(query_feats["features"]), len(gallery_feats["features"])
+    num_all = num_query + num_gallery
+    size = min(chunk_size, num_all)
+    rows = -(-num_all // size) * size
+    feats = {key: jnp.asarray(pad_rows(np.concatenate([query_feats[key], gallery_feats[key]]),
+                                       rows)) for key in query_feats}
 
     def block(row: int, col: int, size: int) -> jax.Array:
         return _block_distances(feats, row, col, size, metric)
@@ -102,19 +114,21 @@ def re_ranking_features(query_feats: np.ndarray, gallery_feats: np.ndarray, k1: 
 
 
 @functools.partial(jax.jit, static_argnames=("size", "metric"))
-def _block_distances(feats, row, col, size: int, metric: str):
-    """Distances between feats[row:row + size] and feats[col:col + size] -> [size, size]."""
-    x = jax.lax.dynamic_slice_in_dim(feats, row, size)
-    y = jax.lax.dynamic_slice_in_dim(feats, col, size)
-    return pairwise_distance(x, y, metric)
+def _block_distances(feats: dict, row, col, size: int, metric: str):
+    """Distances between images row..row + size and col..col + size -> [size, size]."""
+    x = {key: jax.lax.dynamic_slice_in_dim(value, row, size) for key, value in feats.items()}
+    y = {key: jax.lax.dynamic_slice_in_dim(value, col, size) for key, value in feats.items()}
+    return feature_distance(x, y, metric)
 
 
 @functools.partial(jax.jit, static_argnames="metric")
-def _gathered_distances(feats, row, col, metric: str):
-    """Distances feats[row[c]] to feats[col[c, l]] -> [C, L], 32 rows at a time."""
+def _gathered_distances(feats: dict, row, col, metric: str):
+    """Distances of image row[c] to images col[c, l] -> [C, L], 32 rows at a time."""
     def one_row(args):
         r, c = args
-        return pairwise_distance(feats[r][None, :], feats[c], metric)[0]
+        x = {key: value[r][None] for key, value in feats.items()}
+        y = {key: value[c] for key, value in feats.items()}
+        return feature_distance(x, y, metric)[0]
     return jax.lax.map(one_row, (row, col), batch_size=32)
 
 
@@ -127,8 +141,7 @@ def _rerank(block: Callable, symmetric: bool, pairs: Callable, num_query: int, n
     if k1 < 1 or k2 < 1 or not 0.0 <= lambda_value <= 1.0:
         raise ValueError(f"re-ranking: k1={k1}, k2={k2}, lambda_value={lambda_value}; expected "
                          "k1 >= 1, k2 >= 1, 0 <= lambda_value <= 1")
-    if chunk_size < 1:
-        raise ValueError(f"config.eval.chunk_size={chunk_size}; expected a positive integer")
+    check_chunk_size(chunk_size)
     chunk_size = min(chunk_size, num_all)
     k_full = min(k1 + 1, num_all)
     k_half = min(int(np.around(k1 / 2)) + 1, num_all)
@@ -210,7 +223,8 @@ def _k_reciprocal_weights(pairs: Callable, row_max: np.ndarray, ranks: jax.Array
         for start in starts])[:num_all]
     members = [_union_members(ranks, half_mask, _padded_range(start, num_all, chunk_size),
                               k_full, k_half) for start in starts]
-    width = _bucket(max(int(np.max(count)) for _, count in members), 16)  # one compiled shape
+    width = _width(("union", num_all, k_full, k_half),
+                   max(int(np.max(count)) for _, count in members))
     index = np.concatenate([np.asarray(unique[:, :width]) for unique, _ in members])[:num_all]
     weight = np.empty(index.shape, np.float32)
     for start in starts:
@@ -219,7 +233,7 @@ def _k_reciprocal_weights(pairs: Callable, row_max: np.ndarray, ranks: jax.Array
         raw = pairs(rows[:, None], np.minimum(chunk, num_all - 1))
         weight[start:start + chunk_size] = np.asarray(_normalised_weights(
             raw, row_max[rows], chunk < num_all))[:len(index) - start]
-    return _trim(index, weight, num_all)
+    return index, weight
 
 
 @functools.partial(jax.jit, static_argnames=("k_full", "k_half"))
@@ -230,9 +244,18 @@ def _union_members(ranks, half_mask, rows, k_full: int, k_half: int):
     return unique, count
 
 
-def _bucket(size: int, smallest: int) -> int:
-    """The power of two >= size (at least `smallest`): few distinct shapes, few compilations."""
-    return max(smallest, 1 << math.ceil(math.log2(max(size, 1))))
+# The widest bucket each sparse width has used in this process, by (what, sizes...): a width
+# only grows, so a run's evaluations share their compiled shapes (at most a few per run, in
+# practice one), while no shape is padded to its far larger worst case.
+_WIDTHS: dict[tuple, int] = {}
+
+
+def _width(key: tuple, needed: int, smallest: int = 16) -> int:
+    """The power of two >= `needed` (>= `smallest`), never below the one used before for
+    `key`."""
+    width = max(smallest, 1 << math.ceil(math.log2(max(needed, 1))), _WIDTHS.get(key, 0))
+    _WIDTHS[key] = width
+    return width
 
 
 def _padded_range(start: int, num_all: int, chunk_size: int) -> np.ndarray:
@@ -240,58 +263,61 @@ def _padded_range(start: int, num_all: int, chunk_size: int) -> np.ndarray:
     return np.minimum(np.arange(start, start + chunk_size), num_all - 1).astype(np.int32)
 
 
-def _trim(index: np.ndarray, weight: np.ndarray, num_all: int):
-    """Drops the trailing columns that are empty in every row."""
-    width = max(int(np.max(np.sum(index < num_all, axis=1))), 1)
-    return index[:, :width], weight[:, :width]
-
-
 def _query_expansion(v_index: np.ndarray, v_weight: np.ndarray, neighbours: jax.Array,
                      chunk_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Step 4: row i of V becomes the mean of the rows of its k2 nearest samples (sparse)."""
     num_all = neighbours.shape[0]
-    index = np.full((num_all, neighbours.shape[1] * v_index.shape[1]), num_all, np.int32)
-    weight = np.zeros(index.shape, np.float32)
     v_index_dev, v_weight_dev = jnp.asarray(v_index), jnp.asarray(v_weight)
-    for start in range(0, num_all, chunk_size):
-        unique, mean = _mean_rows(v_index_dev, v_weight_dev, neighbours,
-                                  _padded_range(start, num_all, chunk_size))
-        stop = min(start + chunk_size, num_all)
-        index[start:stop] = np.asarray(unique)[:stop - start]
-        weight[start:stop] = np.asarray(mean)[:stop - start]
-    return _trim(index, weight, num_all)
+    means = [_mean_rows(v_index_dev, v_weight_dev, neighbours,
+                        _padded_range(start, num_all, chunk_size))
+             for start in range(0, num_all, chunk_size)]
+    width = _width(("expanded", num_all, *v_index.shape[1:], neighbours.shape[1]),
+                   max(int(np.max(count)) for _, _, count in means))
+    index = np.concatenate([np.asarray(unique[:, :width]) for unique, _, _ in means])[:num_all]
+    weight = np.concatenate([np.asarray(mean[:, :width]) for _, mean, _ in means])[:num_all]
+    return index, weight
 
 
 @jax.jit
 def _mean_rows(v_index, v_weight, neighbours, rows):
-    """For rows i [C]: the mean of the sparse V rows neighbours[i] -> (index, weight) [C, k2 L]."""
+    """For rows i [C]: the mean of the sparse V rows neighbours[i] -> (index, weight) [C, k2 L],
+    and the count of entries [C]."""
     num_all, k2 = neighbours.shape
     members = v_index[neighbours[rows]].reshape(len(rows), -1)
-    unique, summed, _ = _unique_entries(members, v_weight[neighbours[rows]].reshape(
+    unique, summed, count = _unique_entries(members, v_weight[neighbours[rows]].reshape(
         len(rows), -1), num_all)
-    return unique, summed / k2
+    return unique, summed / k2, count
 
 
-@functools.partial(jax.jit, static_argnames=("num_query", "total"))
+@functools.partial(jax.jit, static_argnames=("num_query", "block"))
 def _min_overlap(gallery_index, gallery_weight, column_start, column_count, column_query,
-                 column_weight, num_query: int, total: int):
-    """m[q, g] = sum_j min(V[q, j], V[g, j]) for one chunk of gallery rows -> [Q, C] float32.
+                 column_weight, first_triple, num_query: int, block: int):
+    """Part of m[q, g] = sum_j min(V[q, j], V[g, j]) for one chunk of gallery rows -> [Q, C]
+    float32: the (g, j, q) triples first_triple .. first_triple + block.
 
     gallery_index / gallery_weight [C, L]: the chunk's sparse V rows (N = empty slot). The query
     rows of V as an inverted index: for column j, entries column_start[j] ..
-    column_start[j] + column_count[j] of column_query / column_weight. `total` >= the number of
-    (g, j, q) triples, which are laid out flat and summed into m.
+    column_start[j] + column_count[j] of column_query / column_weight. The triples are laid out
+    flat, g by g and j by j; their count is data-dependent, the block size is not, so one
+    compiled kernel serves every block of every evaluation.
     """
     num_rows = gallery_index.shape[0]
     flat_index = gallery_index.reshape(-1)
     counts = column_count[flat_index]
-    entry = jnp.repeat(jnp.arange(flat_index.shape[0]), counts, total_repeat_length=total)
-    slot = jnp.arange(total)
-    offset = slot - (jnp.cumsum(counts) - counts)[entry]
-    position = column_start[flat_index[entry]] + offset
+    ends = jnp.cumsum(counts)
+    slot = first_triple + jnp.arange(block)
+    # entry(slot) = #{e : ends[e] <= slot} (a searchsorted), in O(entries + block): the entries
+    # ending before the block, plus a running count of those ending inside it.
+    inside = ends - first_triple
+    marks = jnp.zeros(block, jnp.int32).at[jnp.where(inside > 0, inside, block)].add(
+        1, mode="drop")
+    entry = jnp.sum(inside <= 0) + jnp.cumsum(marks)
+    entry = jnp.minimum(entry, flat_index.shape[0] - 1)
+    offset = slot - (ends - counts)[entry]
+    position = jnp.minimum(column_start[flat_index[entry]] + offset, column_query.shape[0] - 1)
     overlap = jnp.minimum(gallery_weight.reshape(-1)[entry], column_weight[position])
     segment = column_query[position] * num_rows + entry // gallery_index.shape[1]
-    overlap = jnp.where(slot < jnp.sum(counts), overlap, 0.0)
+    overlap = jnp.where(slot < ends[-1], overlap, 0.0)
     return jax.ops.segment_sum(overlap, segment, num_segments=num_query * num_rows).reshape(
         num_query, num_rows)
 
@@ -314,15 +340,18 @@ def _jaccard_and_final(v_index: np.ndarray, v_weight: np.ndarray, final: np.ndar
     order = np.argsort(columns, kind="stable")
     column_count = np.bincount(columns, minlength=num_all + 1)
     column_start = np.cumsum(column_count) - column_count
-    inverted = [jnp.asarray(a) for a in (column_start, column_count, owners[order].astype(np.int32),
-                                         query_weight[used][order])]
-    starts = range(num_query, num_all, chunk_size)
-    total = max(int(column_count[v_index[start:start + chunk_size]].sum()) for start in starts)
-    for start in starts:  # one compiled shape for every chunk
+    capacity = _width(("inverted", num_query, num_all), int(used.sum()), 1 << 12)
+    inverted = [jnp.asarray(a) for a in (
+        column_start, column_count, pad_rows(owners[order].astype(np.int32), capacity),
+        pad_rows(query_weight[used][order], capacity))]
+    for start in range(num_query, num_all, chunk_size):
         stop = min(start + chunk_size, num_all)
-        overlap = _min_overlap(pad_rows(v_index[start:stop], chunk_size, num_all),
-                               pad_rows(v_weight[start:stop], chunk_size), *inverted, num_query,
-                               _bucket(total, 1 << 12))
+        rows = pad_rows(v_index[start:stop], chunk_size, num_all)
+        triples = int(column_count[rows].sum())
+        overlap = jnp.zeros((num_query, chunk_size), jnp.float32)
+        for first in range(0, triples, TRIPLE_BLOCK):
+            overlap = overlap + _min_overlap(rows, pad_rows(v_weight[start:stop], chunk_size),
+                                             *inverted, first, num_query, TRIPLE_BLOCK)
         columns = slice(start - num_query, stop - num_query)
         distance = np.pad(final[:, columns], [(0, 0), (0, chunk_size - (stop - start))])
         final[:, columns] = np.asarray(_final_chunk(overlap, distance, lambda_value))[
