@@ -17,6 +17,9 @@ variables as constants, with a dynamic batch dimension:
   `ToTensor` + `Normalize` give), or pixel values 0..255 with `--normalize_in_graph=true`.
 - outputs: `features` float32 [N, D]; for AlignedReID also `local_features` float32 [N, S, d].
 
+The ONNX model is opset 23 and computes in float32 (for a `config.model.dtype=bfloat16` model,
+pass `--config.model.dtype=float32`: its parameters are float32).
+
 Reloading: `onnxruntime.InferenceSession("bot.onnx").run(None, {"images": x})` gives the
 outputs in that order; `jax.export.deserialize(open("bot.stablehlo", "rb").read()).call(x)`
 gives the dict {"features": ..., ...}, on the platforms it was exported for (by default CPU and
@@ -25,12 +28,13 @@ CUDA). Resize images to (H, W) as the evaluation does: PIL bilinear from uint8.
 Converter: jax2onnx (`pip install -e '.[export]'`), fed the model's jaxpr. It converts lax
 primitives one by one (convolutions, BatchNorm's arithmetic, reductions, `reduce_window` max
 pooling), so the ONNX graph is the computation that XLA compiles, and it keeps a symbolic batch
-dimension. The jaxpr is traced here, before jax2onnx (whose tracing would replace
-`flax.linen.max_pool` by its own version, which rejects the window given positionally and reads
-explicit padding pairs as VALID) sees it; its one lowering that onnxruntime cannot run, a max
-pool over all four axes of an NHWC tensor (a 4-D `MaxPool`), is rewritten into the usual 2-D
-`MaxPool` between two transposes. The alternatives: tf2onnx through jax2tf needs TensorFlow and
-jax2tf, which JAX is retiring; a converter of our own from the jaxpr is code to maintain for
+dimension. The jaxpr is traced here, before jax2onnx sees it: jax2onnx's own tracing would
+replace `flax.linen.max_pool` by its version, which takes the window by keyword only and lowers
+explicit padding pairs (the ResNet stem's) as VALID. Its one lowering that onnxruntime cannot
+run, a max pool over all four axes of an NHWC tensor (a 4-D `MaxPool`), is rewritten here into
+the usual 2-D `MaxPool` between two transposes. The alternatives: jax2tf + tf2onnx needs
+TensorFlow, and jax2tf now emits one `XlaCallModule` op (its op-by-op mode is gone), which
+tf2onnx cannot convert; a converter of our own from the jaxpr would be code to maintain for
 what jax2onnx does. StableHLO needs nothing beyond JAX.
 """
 
@@ -205,6 +209,10 @@ def export(checkpoint: str | os.PathLike, config: ml_collections.ConfigDict, for
     if not output.parent.is_dir():
         raise FileNotFoundError(f"--output={output}: folder {output.parent} does not exist")
     if format == "onnx":
+        if config.model.dtype != "float32":  # jax2onnx: float32 max pooling only
+            raise ValueError(f"--format=onnx converts float32 models; config.model.dtype="
+                             f"{config.model.dtype}: pass --config.model.dtype=float32 (the "
+                             "parameters are float32 already)")
         missing = [name for name in ONNX_MODULES if importlib.util.find_spec(name) is None]
         if missing:
             raise ValueError(f"--format=onnx needs {' and '.join(missing)}, not installed: "

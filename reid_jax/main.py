@@ -42,8 +42,11 @@ class _QuietLibraries(pylogging.Filter):
     tasks), which the run reports in one line instead (RunCheckpoints.check)."""
 
     def filter(self, record: pylogging.LogRecord) -> bool:
-        if record.name == "asyncio":
-            return "/orbax/" not in record.getMessage()
+        if record.name == "asyncio":  # "Task exception was never retrieved" of orbax's writes
+            error = record.exc_info[1] if record.exc_info else None
+            frames = traceback.extract_tb(error.__traceback__) if error else []
+            return not ("/orbax/" in record.getMessage()
+                        or any("/orbax/" in frame.filename for frame in frames))
         return "/orbax/" not in record.pathname or record.levelno == pylogging.WARNING
 
 

@@ -4,7 +4,8 @@ images (../shared/data/market1501-mini, resized to the model's size) within 1e-4
 1 and 5 from one file: uint8 NHWC pixels normalised in the graph, float32 NCHW normalised
 outside. Models: tests/tiny_config.py's BoT ResNet-18 at 64x48 (random PyTorch weights converted
 to a variables checkpoint) and its AlignedReID (a random `.pth`, flip averaging on: ONNX, global
-and local features). Mistakes give one `error:` line and status 2."""
+and local features). The ONNX cases skip without the `export` extra. Mistakes give one `error:`
+line and status 2."""
 
 from pathlib import Path
 
@@ -12,8 +13,6 @@ import jax
 import numpy as np
 import pytest
 
-ort = pytest.importorskip("onnxruntime")
-pytest.importorskip("jax2onnx")
 pytest.importorskip("PIL", minversion="13")  # decode_resize follows Pillow 13
 
 import tiny_config  # noqa: E402
@@ -74,9 +73,17 @@ def run_export(capsys, *args: str) -> tuple[int, str, str]:
     return status, captured.out, captured.err
 
 
+def needs_onnx() -> None:
+    """Skips the test without the `export` extra's converter and runtime."""
+    pytest.importorskip("jax2onnx")
+    pytest.importorskip("onnxruntime")
+
+
 def run_model(path: Path, model_format: str, images: np.ndarray) -> dict[str, np.ndarray]:
     """The outputs of the exported file `path` for `images`, by name."""
     if model_format == "onnx":
+        import onnxruntime as ort
+
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         names = [output.name for output in session.get_outputs()]
         return dict(zip(names, session.run(None, {"images": images}), strict=True))
@@ -88,6 +95,8 @@ def run_model(path: Path, model_format: str, images: np.ndarray) -> dict[str, np
 @pytest.mark.parametrize("input_layout", export.INPUTS)
 def test_exported_bot_gives_the_extractor_features(model_format, input_layout, bot_checkpoint,
                                                    bot_features, pixels, tmp_path, capsys):
+    if model_format == "onnx":
+        needs_onnx()
     path = tmp_path / f"bot.{model_format}"
     status, out, err = run_export(capsys, f"--checkpoint={bot_checkpoint}",
                                   "--config=tests/tiny_config.py", f"--format={model_format}",
@@ -114,6 +123,7 @@ def test_exported_aligned_reid_gives_global_and_local_features(pixels, tmp_path,
     import torch_aligned
     import torch_reference
 
+    needs_onnx()
     config = tiny_config.get_config("aligned")
     config.eval.flip = True
     net = torch_aligned.Model(num_classes=NUM_CLASSES, depth=18)
@@ -144,7 +154,8 @@ def test_exported_aligned_reid_gives_global_and_local_features(pixels, tmp_path,
     (("--format=stablehlo", "--checkpoint=/nowhere/model"),
      "checkpoint /nowhere/model: no such file or folder"),
     (("--format=stablehlo", "--platforms=cpu,gpu"), "--platforms=cpu,gpu: expected some of"),
-    (("--format=onnx", "--config.data.mean=(1, 2)"), "config.data.mean"),
+    (("--format=stablehlo", "--config.data.mean=(1, 2)"), "config.data.mean=(1, 2): expected 3"),
+    (("--format=onnx", "--config.model.dtype=bfloat16"), "pass --config.model.dtype=float32"),
 ])
 def test_mistakes_give_one_error_line(args, message, tmp_path, capsys):
     flags = {"--checkpoint": str(tmp_path), "--output": str(tmp_path / "bot.onnx")}
