@@ -38,41 +38,45 @@ class CheckpointWriteError(RuntimeError):
 
 # --- variables checkpoints -------------------------------------------------------------------
 
-def _checkpointer(process_local: bool = False) -> ocp.Checkpointer:
-    """Orbax's checkpointer of variables checkpoints. `process_local`: this process alone
-    writes (no barrier with the other hosts, which never call it)."""
-    if not process_local:
-        return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    this = jax.process_index()
-    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
-                            multiprocessing_options=ocp.options.MultiprocessingOptions(
-                                primary_host=this, active_processes={this}))
+def _checkpointer() -> ocp.Checkpointer:
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+
+
+def check_destination(directory: str | os.PathLike, overwrite: bool) -> Path:
+    """The resolved path of a variables checkpoint to write; FileExistsError (unless
+    `overwrite`) or FileNotFoundError (no parent folder) before any work is done."""
+    path = Path(directory).resolve()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"checkpoint directory {path} already exists (--overwrite "
+                              "replaces it)")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write checkpoint {path}: folder {path.parent} does not "
+                                "exist")
+    return path
 
 
 def save_variables(directory: str | os.PathLike, variables: dict, metadata: dict | None = None,
                    overwrite: bool = False) -> Path:
     """Writes `variables` (a nested dict of host arrays) and JSON `metadata` to `directory`,
     blocking until the write is complete. Raises FileExistsError unless `overwrite`. Returns the
-    path. With several hosts, one process calls it (the others wait for nothing)."""
-    path = Path(directory).resolve()
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"checkpoint directory {path} already exists")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write checkpoint {path}: folder {path.parent} does not "
-                                "exist")
+    path. With several processes every one calls it (orbax synchronises them; process 0 writes
+    the arrays and swaps the checkpoint in)."""
+    path = check_destination(directory, overwrite)
     # Written beside the target, then swapped in: an existing checkpoint is only removed once
-    # its replacement is complete.
-    fresh = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    _checkpointer(process_local=True).save(fresh, args=ocp.args.Composite(
+    # its replacement is complete. The name is the same in every process (one shared write).
+    fresh = path.with_name(f"{path.name}.incoming")
+    _checkpointer().save(fresh, args=ocp.args.Composite(
         variables=ocp.args.StandardSave(variables),
         metadata=ocp.args.JsonSave(metadata or {})), force=True)
-    if path.exists():
-        old = path.with_name(f"{path.name}.old-{os.getpid()}")
-        os.rename(path, old)
-        os.rename(fresh, path)
-        shutil.rmtree(old)
-    else:
-        os.rename(fresh, path)
+    if jax.process_index() == 0:
+        if path.exists():
+            old = path.with_name(f"{path.name}.outgoing")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+            os.rename(fresh, path)
+            shutil.rmtree(old)
+        else:
+            os.rename(fresh, path)
     return path
 
 

@@ -34,6 +34,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, config: ml_collectio
     num_classes, tensors read, parameter count, the model config.
     """
     check_config(config)
+    checkpoint.check_destination(dst, overwrite)
     state = torch_weights.load_pth(src)
     layout = torch_weights.detect_layout(state)
     if num_classes is None:

@@ -275,12 +275,12 @@ def export(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     checkpoint at `output` (default `workdir/best_model`, replaced if it exists), for
     `--checkpoint=`, `config.model.pretrained` or reid_jax.export."""
     workdir = _prepare(config, workdir)
-    output = Path(output or workdir / "best_model").resolve()
+    output = checkpoint.check_destination(output or workdir / "best_model", overwrite=True)
     method, variables, origin = load_model(config, workdir, source or "best")
     metadata = {"source": origin, "method": config.method, "num_classes": method.num_classes,
                 "model": config.model.to_dict()}
+    checkpoint.save_variables(output, jax.device_get(variables), metadata, overwrite=True)
     if jax.process_index() == 0:
-        checkpoint.save_variables(output, jax.device_get(variables), metadata, overwrite=True)
         print(f"wrote {output} from {origin}", flush=True)
     return output
 

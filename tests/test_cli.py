@@ -153,3 +153,18 @@ def test_custom_layout_from_the_command_line(tmp_path):
     assert list(dataset.train.camids) == [0, 0, 1, 1, 0, 0, 1, 1]
     assert set(dataset.query.camids) == {0} and set(dataset.gallery.camids) == {1}
     assert dataset.num_train_ids == 2
+
+
+def test_convert_destination_is_checked_before_the_pth_is_read(tmp_path, capsys):
+    """The .pth does not even exist: the missing output folder (or an existing output) is the
+    error, found before anything is read."""
+    from reid_jax import convert
+
+    source = tmp_path / "never_read.pth"
+    for destination, text in ((tmp_path / "no_folder" / "out", "folder"),
+                              (tmp_path, "already exists")):
+        status = convert.cli(["reid_jax.convert", str(source), str(destination),
+                              "--config=configs/market.py"])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert_one_error(status, errors, err, str(destination), text)

@@ -2,12 +2,10 @@
 collectives, one CPU device each) computes what one process with two devices computes: train,
 evaluate, checkpoint, resume, export the best model, and every file a run writes."""
 
+import functools
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -16,11 +14,14 @@ import orbax.checkpoint as ocp
 import pytest
 import tiny_config as tiny
 from flax import traverse_util
+from processes import free_port
+from processes import run_together as run_processes
 
 from reid_jax import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900  # each group of processes; ~2 min on 2 idle cores
+run_together = functools.partial(run_processes, timeout_s=TIMEOUT_S)
 
 
 def command(root: Path, workdir: Path, epochs: int, *flags: str) -> list[str]:
@@ -35,12 +36,6 @@ def environment(devices: int) -> dict[str, str]:
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def two_processes(root: Path, workdir: Path, epochs: int) -> list[tuple[list[str], dict]]:
     address = f"127.0.0.1:{free_port()}"
     return [(command(root, workdir, epochs, f"--coordinator_address={address}",
@@ -48,36 +43,15 @@ def two_processes(root: Path, workdir: Path, epochs: int) -> list[tuple[list[str
             for index in range(2)]
 
 
-def run_together(jobs: list[tuple[list[str], dict]], log_dir: Path) -> None:
-    """Runs the jobs concurrently; every one must exit 0 within TIMEOUT_S (all are killed when
-    one fails, so a hang or a crash of one process fails the test instead of blocking it)."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    logs = [log_dir / f"process{i}.log" for i in range(len(jobs))]
-    procs = []
-    try:
-        for (args, env), log in zip(jobs, logs, strict=True):
-            with open(log, "w") as stream:
-                procs.append(subprocess.Popen(args, env=env, cwd=ROOT, stdout=stream,
-                                              stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + TIMEOUT_S
-        while any(proc.poll() is None for proc in procs):
-            failed = [i for i, proc in enumerate(procs) if proc.poll() not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                index = failed[0] if failed else 0
-                what = f"process {index} failed" if failed else f"timed out after {TIMEOUT_S} s"
-                raise AssertionError(f"{what}:\n{logs[index].read_text()[-5000:]}")
-            time.sleep(0.5)
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
 def final_state(workdir: Path) -> dict:
     checkpoints = workdir / "checkpoints"
     last = max(int(p.name) for p in checkpoints.iterdir() if p.name.isdigit())
-    state = ocp.StandardCheckpointer().restore(checkpoints / str(last) / "state")
+    state_dir = checkpoints / str(last) / "state"
+    checkpointer = ocp.PyTreeCheckpointer()
+    # As host numpy arrays: the test process has one device, the runs had two.
+    metadata = checkpointer.metadata(state_dir).item_metadata.tree
+    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+    state = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
     return {jax.tree_util.keystr(path): np.asarray(leaf)
             for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]}
 

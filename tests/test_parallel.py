@@ -21,20 +21,21 @@ BN shift) for no fault of the sharding. So:
   would be off by O(0.1).
 """
 
+import functools
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from parallel_scripts import train_steps
+from processes import free_port
+from processes import run_together as run_processes
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "parallel_scripts" / "train_steps.py"
 TIMEOUT_S = 600  # the whole group of subprocesses; ~1 min on 2 idle cores
+run_together = functools.partial(run_processes, timeout_s=TIMEOUT_S)
 FLOAT32_REL, GRAD32_REL, FLOAT64_REL = 1e-5, 1e-4, 1e-9
 
 
@@ -44,37 +45,6 @@ def worker(init: Path, out: Path, devices: int, *args: str) -> tuple[list[str], 
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                JAX_PLATFORMS="cpu")
     return [sys.executable, str(SCRIPT), "--init", str(init), "--out", str(out), *args], env
-
-
-def run_together(jobs: list[tuple[list[str], dict[str, str]]], log_dir: Path) -> None:
-    """Runs the jobs concurrently; kills them all when one fails or TIMEOUT_S passes."""
-    logs = [log_dir / f"worker{i}.log" for i in range(len(jobs))]
-    procs = []
-    try:
-        for (command, env), log in zip(jobs, logs, strict=True):
-            with open(log, "w") as stream:
-                procs.append(subprocess.Popen(command, env=env, cwd=REPO, stdout=stream,
-                                              stderr=subprocess.STDOUT))
-        deadline = time.monotonic() + TIMEOUT_S
-        while any(proc.poll() is None for proc in procs):
-            failed = [i for i, proc in enumerate(procs) if proc.poll() not in (None, 0)]
-            if failed or time.monotonic() > deadline:
-                what = f"worker {failed[0]} failed" if failed else f"timed out after {TIMEOUT_S} s"
-                raise AssertionError(f"{what}:\n{logs[failed[0] if failed else 0].read_text()}")
-            time.sleep(0.2)
-        for proc, log in zip(procs, logs, strict=True):
-            assert proc.returncode == 0, log.read_text()
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
@@ -159,6 +129,26 @@ def test_two_processes_match_one_device(initial_state, eight_devices, tmp_path):
     assert error <= FLOAT64_REL, (key, error)
     message = scalars(run, "indivisible_error")[0]
     assert "14" in message and "4 devices (2 processes)" in message, message
+
+
+@pytest.mark.slow
+def test_eight_devices_mutual_learning_step_matches_one_device(tmp_path):
+    """One float64 step of 2 mutually learning AlignedReID models (stacked, vmapped; every loss
+    term on, local mining and local mutual loss included) with one image per device on 8
+    devices: the same as on 1 device, so BN statistics, mining and the N x N global and local
+    distance matrices are taken over the global batch, per model."""
+    init = tmp_path / "aligned_init.npz"
+    train_steps.save_initial_state(init, "aligned")
+    run_together([worker(init, tmp_path / "aligned", 8, "--method", "aligned", "--mesh-sizes",
+                         "1,8", "--steps", "1", "--x64")], tmp_path)
+    one, eight = tmp_path / "aligned_1.npz", tmp_path / "aligned_8.npz"
+    assert scalars(eight, "batch_devices", "batch_shard_rows") == [8, 1]
+    error, key = worst_error(eight, one, ("metrics/", "state/"))
+    assert error <= FLOAT64_REL, (key, error)
+    with np.load(one) as data:
+        for name in ("local_loss", "pm_loss", "gdm_loss", "ldm_loss"):
+            for prefix in ("metrics/", "metrics/model1/"):
+                assert data[prefix + name][0] > 0, prefix + name
 
 
 @pytest.mark.slow

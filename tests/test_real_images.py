@@ -62,6 +62,7 @@ def test_converted_bot_checkpoint_extracts_and_evaluates_like_pytorch(tmp_path, 
         got = features[f"{split}_features"]
         assert got.shape == expected[split].shape == (len(paths), 512)
         np.testing.assert_allclose(got, expected[split], rtol=0, atol=1e-5, err_msg=split)
+        print(f"{split}: {len(paths)} images, max abs {np.abs(got - expected[split]).max():.1e}")
     assert len(features["gallery_paths"]) > 50  # the real gallery, junk images dropped
 
     results = run.evaluate(config, tmp_path / "run", str(converted))["original"]
@@ -71,6 +72,9 @@ def test_converted_bot_checkpoint_extracts_and_evaluates_like_pytorch(tmp_path, 
     cmc, m_ap, m_inp, *_ = numpy_eval.reference_eval_func(
         distmat, features["query_pids"], features["gallery_pids"], features["query_camids"],
         features["gallery_camids"])
-    assert results["cmc"][0] == pytest.approx(cmc[0], abs=1e-12)
-    assert results["mAP"] == pytest.approx(m_ap, abs=1e-9)
-    assert results["mINP"] == pytest.approx(m_inp, abs=1e-9)
+    # reid_jax's metrics are float32: equal up to its rounding.
+    assert results["cmc"][0] == pytest.approx(cmc[0], rel=1e-6)
+    assert results["mAP"] == pytest.approx(m_ap, rel=1e-6)
+    assert results["mINP"] == pytest.approx(m_inp, rel=1e-6)
+    print(f"rank-1 {results['cmc'][0]:.6f} / {cmc[0]:.6f}, mAP {results['mAP']:.6f} / "
+          f"{m_ap:.6f} (reid_jax / PyTorch + numpy)")

@@ -275,5 +275,5 @@ def test_convert_cli_end_to_end(tmp_path):
 def test_convert_needs_num_classes_without_classifier(tmp_path):
     backbone = tr.ResNet(depth=18)
     src = _save(backbone.state_dict(), tmp_path / "imagenet.pth")
-    with pytest.raises(ValueError, match=r"imagenet\.pth has no classifier\.weight.*num_classes"):
+    with pytest.raises(ValueError, match=r"imagenet\.pth holds a backbone only .*num_classes"):
         convert.convert(src, tmp_path / "out", market.get_config())

@@ -38,27 +38,14 @@ class IBN(nn.Module):
         return torch.cat((self.IN(split[0].contiguous()), self.BN(split[1].contiguous())), 1)
 
 
-class BottleneckIBN(nn.Module):
-    expansion = 4
+class BottleneckIBN(tr.Bottleneck):
+    """BoT's Bottleneck_IBN: torchvision's Bottleneck whose bn1 is IBN when `ibn`."""
 
     def __init__(self, inplanes: int, planes: int, ibn: bool = False, stride: int = 1,
                  downsample=None):
-        super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-        self.bn1 = IBN(planes) if ibn else nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * 4)
-        self.relu = nn.ReLU()
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        residual = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + residual)
+        super().__init__(inplanes, planes, stride, downsample)
+        if ibn:
+            self.bn1 = IBN(planes)
 
 
 class ResNetIBN(nn.Module):
