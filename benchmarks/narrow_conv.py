@@ -1,4 +1,4 @@
-"""Which part of a 3x3 convolution is slow on XLA:CPU when the feature map is narrower than 3?
+"""Which part of a 3x3 convolution is slow on XLA:CPU on small feature maps (4x2: ~100x slower)?
 
   python benchmarks/narrow_conv.py                  # 4x2,4x3,8x2,8x4,2x4; batch 32; 512 ch
   python benchmarks/narrow_conv.py --torch          # also PyTorch CPU (channels_last)
