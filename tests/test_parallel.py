@@ -133,7 +133,7 @@ def test_two_processes_match_one_device(initial_state, eight_devices, tmp_path):
 
 @pytest.mark.slow
 def test_eight_devices_mutual_learning_step_matches_one_device(tmp_path):
-    """One float64 step of 2 mutually learning AlignedReID models (stacked, vmapped; every loss
+    """One float64 step of 2 mutually learning AlignedReID models (stacked in one step; every loss
     term on, local mining and local mutual loss included) with one image per device on 8
     devices: the same as on 1 device, so BN statistics, mining and the N x N global and local
     distance matrices are taken over the global batch, per model."""
