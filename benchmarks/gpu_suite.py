@@ -1,7 +1,7 @@
 """One benchmark suite for a GPU lease (<= 8 min on one H100/H200), with a CPU-sized smoke mode.
 
   bash benchmarks/gpu_suite.sh            # GPU sizes (ResNet-50, 256x128, batch 64, ...)
-  bash benchmarks/gpu_suite.sh --cpu      # the same code at CPU sizes (ResNet-18, 128x64, ...)
+  bash benchmarks/gpu_suite.sh --cpu      # the same code at CPU sizes (ResNet-18, 96x48, ...)
   python benchmarks/gpu_suite.py --sections=a,c --budget_s=300     # a subset, e.g. a rerun
 
 Sections (each prints its rows as it finishes; the table at the end holds them all):
