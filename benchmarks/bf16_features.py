@@ -2,7 +2,7 @@
 
   python benchmarks/bf16_features.py                   # BoT ResNet-50 256x128, random weights
   python benchmarks/bf16_features.py --checkpoint=DIR  # a trained model (variables checkpoint)
-  python benchmarks/bf16_features.py --depth=18
+  python benchmarks/bf16_features.py --depth=18 --image_size=96,48 --checkpoint=DIR
 
 Without a checkpoint the model has random weights whose BatchNorm statistics are set to those
 of 64 real train images (as a trained model's would be: activations normalised), so the
@@ -41,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="", help="variables checkpoint (optional)")
     parser.add_argument("--depth", type=int, default=50)
+    parser.add_argument("--image_size", default="256,128", help="H,W pixels (the model's)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
@@ -53,6 +54,7 @@ def main() -> None:
 
     config = get_config()
     config.model.depth = args.depth
+    config.data.image_size = tuple(int(v) for v in args.image_size.split(","))
     config.data.eval_batch_size = 64
     cuhk03 = get_dataset("cuhk03_pairs", Path(args.data) / "cuhk03-labeled")
     train = cuhk03.train

@@ -620,8 +620,9 @@ def render(rows: list[dict], info: dict, mode: Mode) -> str:
             f"{mode.ids_per_batch * 4} (P{mode.ids_per_batch} x K4); recipe {mode.epochs} "
             f"epochs, reid_jax {mode.recipe_dtype} / PyTorch {mode.recipe_amp}"]
     if mode.name == "cpu":
-        head.append("- CPU smoke run: the cores are shared with other jobs, so every timing "
-                    "here is noisy and says nothing about the GPU targets")
+        head.append("- CPU smoke run: it checks that every section runs; its tiny sizes say "
+                    "nothing about the GPU targets (the load average above tells whether the "
+                    "cores were shared)")
     head += ["", "| section | measurement | value | unit | notes |", "|---|---|---:|---|---|"]
     order = {"a": 0, "b": 1, "c": 2, "d": 3, "-": 4}
     head += [format_row(r) for r in sorted(rows, key=lambda r: order.get(r["section"], 5))]

@@ -35,6 +35,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -169,9 +170,11 @@ class Timer:
     """Training-throughput bookkeeping: steady img/s from the third step on (the first two hold
     compilation / autotuning), and the time box."""
 
-    def __init__(self, train_seconds: float):
+    def __init__(self, train_seconds: float, batch_size: int):
         self.start = time.perf_counter()
         self.train_seconds = train_seconds
+        self.batch_size = batch_size
+        self.steps = 0
         self.steady_start = None
         self.steady_images = 0
         self.first_step_s = None
@@ -179,12 +182,25 @@ class Timer:
     def over(self) -> bool:
         return time.perf_counter() - self.start > self.train_seconds
 
-    def result(self, images: int) -> dict:
+    def step_done(self, synchronize: Callable[[], object]) -> None:
+        """Counts a dispatched step; `synchronize` (wait for it) runs after the first two only,
+        which end the first-step time and start the steady window."""
+        self.steps += 1
+        if self.steps > 2:
+            self.steady_images += self.batch_size
+            return
+        synchronize()
+        if self.steps == 1:
+            self.first_step_s = time.perf_counter() - self.start
+        else:
+            self.steady_start = time.perf_counter()
+
+    def result(self) -> dict:
         elapsed = time.perf_counter() - self.start
         steady_s = time.perf_counter() - self.steady_start if self.steady_start else None
-        return {"train_s": elapsed, "first_step_s": self.first_step_s,
+        return {"train_s": elapsed, "first_step_s": self.first_step_s, "steps": self.steps,
                 "img_s": self.steady_images / steady_s if steady_s else None,
-                "img_s_incl_first": images / elapsed}
+                "img_s_incl_first": self.steps * self.batch_size / elapsed}
 
 
 def run_jax(cache: dict, config, train_seconds: float, log=print) -> dict:
@@ -219,7 +235,7 @@ def run_jax(cache: dict, config, train_seconds: float, log=print) -> dict:
     def to_device(pair):
         return parallel.global_batch(pair[1], mesh)
 
-    timer, steps, epochs_done, loss = Timer(train_seconds), 0, 0.0, float("nan")
+    timer, epochs_done, loss = Timer(train_seconds, batch_size), 0.0, float("nan")
     for (item, _), batch in parallel.prefetch_to_device(host_batches(), to_device):
         if timer.over():
             log(f"reid_jax: time box reached in epoch {item.epoch}, step {item.step}")
@@ -228,23 +244,15 @@ def run_jax(cache: dict, config, train_seconds: float, log=print) -> dict:
             state = state.replace(epoch=parallel.replicate(jnp.asarray(item.epoch, jnp.int32),
                                                            mesh))
         state, metrics = step_fn(state, batch)
-        steps += 1
-        if steps <= 2:
-            jax.block_until_ready(metrics["loss"])
-            if steps == 1:
-                timer.first_step_s = time.perf_counter() - timer.start
-            else:
-                timer.steady_start = time.perf_counter()
-        else:
-            timer.steady_images += batch_size
+        timer.step_done(lambda: jax.block_until_ready(metrics["loss"]))  # noqa: B023 - runs now
         epochs_done = item.epoch - 1 + (item.step + 1) / item.steps_in_epoch
         if item.step + 1 == item.steps_in_epoch:
             loss = float(metrics["loss"])  # blocks: the epoch's steps are done
             log(f"reid_jax epoch {item.epoch}/{epochs}: loss {loss:.3f} "
                 f"lr {lr_table[item.epoch]:.2e} ({time.perf_counter() - timer.start:.1f} s)")
     jax.block_until_ready(state.params)
-    result = timer.result(steps * batch_size)
-    result.update(epochs_done=epochs_done, final_loss=loss, steps=steps)
+    result = timer.result()
+    result.update(epochs_done=epochs_done, final_loss=loss)
 
     start = time.perf_counter()
     evaluator = reid_eval.Evaluator(
@@ -331,7 +339,7 @@ def run_torch(cache: dict, config, amp: str | None, train_seconds: float, log=pr
             yield item, train_step.augment_params(SEED, item.epoch, item.step, batch_size,
                                                      cfg)
 
-    timer, steps, epochs_done, loss = Timer(train_seconds), 0, 0.0, float("nan")
+    timer, epochs_done, loss = Timer(train_seconds, batch_size), 0.0, float("nan")
     try:
         for item, images in augmenter.iterate(host_items()):
             if timer.over():
@@ -341,15 +349,7 @@ def run_torch(cache: dict, config, amp: str | None, train_seconds: float, log=pr
                 bot.set_lr(float(lr_table[item.epoch]))
             device_images = bot.to_input(images.copy() if on_cpu else images)
             out = bot.step(device_images, bot.labels(labels[item.indices]))
-            steps += 1
-            if steps <= 2:
-                bot.synchronize()
-                if steps == 1:
-                    timer.first_step_s = time.perf_counter() - timer.start
-                else:
-                    timer.steady_start = time.perf_counter()
-            else:
-                timer.steady_images += batch_size
+            timer.step_done(bot.synchronize)
             epochs_done = item.epoch - 1 + (item.step + 1) / item.steps_in_epoch
             if item.step + 1 == item.steps_in_epoch:
                 loss = float(out.detach())
@@ -358,8 +358,8 @@ def run_torch(cache: dict, config, amp: str | None, train_seconds: float, log=pr
         bot.synchronize()
     finally:
         augmenter.close()
-    result = timer.result(steps * batch_size)
-    result.update(epochs_done=epochs_done, final_loss=loss, steps=steps, workers=workers)
+    result = timer.result()
+    result.update(epochs_done=epochs_done, final_loss=loss, workers=workers)
 
     start = time.perf_counter()
     streams = []

@@ -6,7 +6,8 @@ The synthetic dataset (identities fixed by colours / shapes / textures, cameras 
 blur, noise and framing) is written into WORKDIR/synthetic unless --config.data.root points
 elsewhere. ResNet-18 at 96x48 from scratch; finishes in a few minutes on a 2-core CPU.
 (96x48 rather than 64x32: with last stride 1 the last stages' maps are then 6x3; XLA:CPU's 3x3
-convolution is ~50x slower on maps narrower than the kernel, such as the 4x2 maps of 64x32.)
+convolution is ~100x slower on maps of at most 8 pixels, such as the 4x2 maps of 64x32; see
+BENCHMARKS.md, "Which op is slow on small maps".)
 """
 
 import ml_collections

@@ -149,21 +149,9 @@ def test_baseline_matches_torch(tmp_path, backbone):
     variables = torch_weights.load_torch_weights(path, _abstract(model, size))
     errors = {}
 
-    images = tr.random_images(2, size, seed=1)
-    expected = {}
-    with torch.no_grad():
-        for neck_feat in ("after", "before"):
-            reference.neck_feat = neck_feat
-            expected[neck_feat] = reference(images).numpy()
-
-    @jax.jit
-    def features(variables, images):
-        return {neck_feat: model.clone(neck_feat=neck_feat).apply(variables, images, train=False)
-                for neck_feat in ("after", "before")}
-
-    with jax.default_matmul_precision("highest"):
-        got = features(variables, tr.to_nhwc(images))
-    for neck_feat in ("after", "before"):
+    expected, got = tr.eval_features_both_necks(reference, model, variables,
+                                                tr.random_images(2, size, seed=1))
+    for neck_feat in tr.NECK_FEATS:
         assert got[neck_feat].shape == (2, 2048)
         errors[neck_feat] = _max_error(got[neck_feat], expected[neck_feat])
 

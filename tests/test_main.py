@@ -174,6 +174,19 @@ def test_interrupted_run_resumes_to_the_same_parameters(tmp_path, synthetic_root
 
 
 @pytest.mark.slow
+def test_device_augmentation_trains_like_the_host_augmentation(tmp_path, synthetic_root,
+                                                              straight_run):
+    # The accelerator path forced on the CPU: uint8 batches + augmentation parameters from the
+    # stream, augmented inside the jitted step. The reference run augmented in tf.data ("auto"
+    # on the CPU); the same draws give the same pixels, so the same trained state.
+    config = resumable_config(synthetic_root, 3, data__augment_on="device")
+    assert run.device_augmentation(config) is not None
+    assert run.device_augmentation(resumable_config(synthetic_root, 3)) is None
+    run.train(config, tmp_path)
+    assert_same_state(tmp_path, straight_run)
+
+
+@pytest.mark.slow
 def test_run_killed_mid_epoch_resumes_exactly(tmp_path, synthetic_root, straight_run):
     """train.checkpoint_every_steps: a run killed (SIGKILL) after its mid-epoch checkpoint at
     step 4 resumes there (the sampler and the augmentation draws continue mid-epoch)."""

@@ -39,22 +39,9 @@ def test_eval_features_match_torch(tmp_path, depth, last_stride, stem_relu, neck
     reference = tr.randomize_(tr.Baseline(NUM_CLASSES, **arch), seed=depth, image_size=size)
     model = Baseline(NUM_CLASSES, **arch)
     variables = _convert(reference, model, tmp_path, size)
-    images = tr.random_images(2, size, seed=1)
-
-    expected = {}
-    with torch.no_grad():
-        for neck_feat in ("after", "before"):
-            reference.neck_feat = neck_feat
-            expected[neck_feat] = reference(images).numpy()
-
-    @jax.jit
-    def features(variables, images):
-        return {neck_feat: model.clone(neck_feat=neck_feat).apply(variables, images, train=False)
-                for neck_feat in ("after", "before")}
-
-    with jax.default_matmul_precision("highest"):
-        got = features(variables, tr.to_nhwc(images))
-    for neck_feat in ("after", "before"):
+    expected, got = tr.eval_features_both_necks(reference, model, variables,
+                                                tr.random_images(2, size, seed=1))
+    for neck_feat in tr.NECK_FEATS:
         assert got[neck_feat].shape == (2, 512 * (4 if depth >= 50 else 1))
         np.testing.assert_allclose(got[neck_feat], expected[neck_feat], atol=1e-4, rtol=0,
                                    err_msg=neck_feat)

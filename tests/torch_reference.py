@@ -11,11 +11,14 @@ module needs torch, so import it after the `torch` fixture / `pytest.importorski
 
 Helpers: `randomize_` (weights, affine params and running statistics that all matter),
 `random_images` (structured test images), `load_flax_variables` (Flax variables -> this model,
-an independent inverse of the key mapping), `to_nhwc` / `to_nchw` for images.
+an independent inverse of the key mapping), `to_nhwc` / `to_nchw` for images, and
+`eval_features_both_necks` (a reference and a Flax model's eval features, after and before the
+neck).
 """
 
 import math
 
+import jax
 import numpy as np
 import torch
 from torch import nn
@@ -247,3 +250,29 @@ def to_nchw(images: np.ndarray) -> torch.Tensor:
     """[B, H, W, 3] numpy -> [B, 3, H, W] float32 torch."""
     return torch.from_numpy(np.ascontiguousarray(np.asarray(images, np.float32)
                                                  .transpose(0, 3, 1, 2)))
+
+
+NECK_FEATS = ("after", "before")
+
+
+def eval_features_both_necks(reference: nn.Module, model, variables: dict,
+                             images: torch.Tensor) -> tuple[dict, dict]:
+    """Eval features of `reference` (a torch model with a `neck_feat` attribute) and of the
+    Flax `model` (with its `variables`; cloned per `neck_feat`) on `images` [B, 3, H, W], for
+    neck_feat "after" and "before": ({neck_feat: torch [B, D]}, {neck_feat: Flax [B, D]}),
+    float32 numpy, the Flax side at matmul precision "highest" in one jit."""
+    expected = {}
+    reference.eval()
+    with torch.no_grad():
+        for neck_feat in NECK_FEATS:
+            reference.neck_feat = neck_feat
+            expected[neck_feat] = reference(images).numpy()
+
+    @jax.jit
+    def features(variables, images):
+        return {neck_feat: model.clone(neck_feat=neck_feat).apply(variables, images, train=False)
+                for neck_feat in NECK_FEATS}
+
+    with jax.default_matmul_precision("highest"):
+        got = features(variables, to_nhwc(images))
+    return expected, {k: np.asarray(v) for k, v in got.items()}
