@@ -6,7 +6,7 @@
 # Usage, from anywhere (it runs in the repository root):
 #   bash benchmarks/gpu_suite.sh                 # GPU sizes; the table goes to stdout and to
 #                                                # $OUT/gpu_suite.md ($OUT set) or runs/gpu_suite.md
-#   bash benchmarks/gpu_suite.sh --cpu           # the same code at CPU sizes (~10-20 min here)
+#   bash benchmarks/gpu_suite.sh --cpu           # the same code at CPU sizes (~2-3 min on 2 cores)
 #   bash benchmarks/gpu_suite.sh --no-tf --cpu   # with `import tensorflow` made to fail
 #   bash benchmarks/gpu_suite.sh --sections=c,d --budget_s=240   # a partial rerun
 # Other options (--data DIR, --out FILE, --epochs N): python3 benchmarks/gpu_suite.py --help.

@@ -120,6 +120,22 @@ def test_re_ranking_uses_columns_of_asymmetric_input_and_does_not_square():
     np.testing.assert_allclose(ours, expected, atol=1e-4, rtol=0)
 
 
+def test_re_ranking_sums_a_chunk_over_several_triple_blocks(monkeypatch):
+    # The jaccard overlaps of a gallery chunk summed over blocks of 64 (query, gallery, column)
+    # triples, where a chunk of 16 gallery rows here has thousands.
+    from reid_jax.eval import rerank
+
+    monkeypatch.setattr(rerank, "TRIPLE_BLOCK", 64)
+    calls = []
+    min_overlap = rerank._min_overlap
+    monkeypatch.setattr(rerank, "_min_overlap",
+                        lambda *args, **kwargs: calls.append(1) or min_overlap(*args, **kwargs))
+    q_g, q_q, g_g = dense_case(5)
+    ours = reid_eval.re_ranking(q_g, q_q, g_g, chunk_size=16)
+    assert len(calls) > 10 * len(range(0, 150, 16))
+    np.testing.assert_allclose(ours, reference_re_ranking(q_g, q_q, g_g), atol=1e-4, rtol=0)
+
+
 def test_re_ranking_features_matches_reference_and_metrics_agree():
     q, g, q_pids, g_pids, (q_cams, g_cams) = clustered_features(4)
     expected = reference_re_ranking(squared_distances(q, g), squared_distances(q, q),
