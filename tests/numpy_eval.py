@@ -43,3 +43,20 @@ def reference_eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50
     all_cmc = all_cmc.sum(0) / num_valid_q
     return (all_cmc, np.mean(all_ap), np.mean(all_inp), np.asarray(all_ap),
             np.asarray(first_match), int(num_valid_q))
+
+
+def assert_metrics_match(metrics: dict, distmat, q_pids, g_pids, q_camids, g_camids,
+                         max_rank: int = 50) -> tuple:
+    """Asserts that reid_jax `metrics` (an `evaluate_rankings` result, or the "original" /
+    "re_ranked" entry of `evaluate_features`) equal `reference_eval_func` on `distmat`: CMC,
+    mAP and mINP to 1e-6 absolute, and the number of valid queries where `metrics` has it.
+    Returns reference_eval_func's outputs."""
+    reference = reference_eval_func(np.asarray(distmat), q_pids, g_pids, q_camids, g_camids,
+                                    max_rank)
+    cmc, m_ap, m_inp, _, _, num_valid = reference
+    np.testing.assert_allclose(metrics["cmc"], cmc, atol=1e-6, rtol=0, err_msg="cmc")
+    np.testing.assert_allclose(metrics["mAP"], m_ap, atol=1e-6, rtol=0, err_msg="mAP")
+    np.testing.assert_allclose(metrics["mINP"], m_inp, atol=1e-6, rtol=0, err_msg="mINP")
+    if "num_valid_queries" in metrics:
+        assert metrics["num_valid_queries"] == num_valid
+    return reference

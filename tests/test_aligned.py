@@ -385,16 +385,6 @@ def loss_config(**overrides) -> ml_collections.ConfigDict:
         ldm_weight=0.0) | overrides)
 
 
-def torch_config(config: ml_collections.ConfigDict) -> dict:
-    """The same settings under the re-production's Config names."""
-    return dict(normalize_feature=config.normalize_feature,
-                local_dist_own_hard_sample=config.local_own_hard_mining,
-                global_margin=config.global_margin, local_margin=config.local_margin,
-                g_loss_weight=config.global_weight, l_loss_weight=config.local_weight,
-                id_loss_weight=config.id_weight, pm_loss_weight=config.pm_weight,
-                gdm_loss_weight=config.gdm_weight, ldm_loss_weight=config.ldm_weight)
-
-
 def random_outputs(rng: np.random.Generator, num_models: int, dtype) -> dict[str, np.ndarray]:
     """Stacked outputs of M models on a 16-image batch: global [M, 16, 32], ReLU-like local
     [M, 16, 6, 16], logits [M, 16, 10] (each model a perturbation of a common one)."""
@@ -432,7 +422,7 @@ def test_aligned_loss_matches_train_ml_and_keeps_partners_constant(torch, ta, ca
     keys = ("global", "local", "logits")
 
     tensors = {k: torch.tensor(outputs[k], requires_grad=True) for k in keys}
-    results = ta.model_losses(torch_config(config), *(list(tensors[k]) for k in keys),
+    results = ta.model_losses(ta.config_names(config), *(list(tensors[k]) for k in keys),
                               torch.tensor(labels))
     expected, expected_grads = {}, {}
     for term in (*TERMS, "dist_ap", "dist_an"):

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from relative_errors import relative_error, state_dict_errors
 
 from configs import aligned
 from reid_jax import optim, torch_weights
@@ -79,16 +80,6 @@ def small_config() -> ml_collections.ConfigDict:
     return config
 
 
-def torch_loss_config(loss: ml_collections.ConfigDict) -> dict:
-    """`config.loss` under the re-production's Config names (tests/torch_aligned.model_losses)."""
-    return dict(normalize_feature=loss.normalize_feature,
-                local_dist_own_hard_sample=loss.local_own_hard_mining,
-                global_margin=loss.global_margin, local_margin=loss.local_margin,
-                g_loss_weight=loss.global_weight, l_loss_weight=loss.local_weight,
-                id_loss_weight=loss.id_weight, pm_loss_weight=loss.pm_weight,
-                gdm_loss_weight=loss.gdm_weight, ldm_loss_weight=loss.ldm_weight)
-
-
 def make_batches(rng: np.random.Generator, steps: int) -> list[dict[str, np.ndarray]]:
     """`steps` PK batches over NUM_IDS ids: "image" [P*K, H, W, 3] float32, "label" [P*K] int32
     (shuffled). Each identity has a coarse 8 x 6 appearance; an image is it plus its own coarse
@@ -103,13 +94,6 @@ def make_batches(rng: np.random.Generator, steps: int) -> list[dict[str, np.ndar
                  + 0.3 * rng.normal(size=(P * K, *IMAGE_SIZE, 3)))
         batches.append({"image": image.astype(np.float32), "label": labels.astype(np.int32)})
     return batches
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """||actual - expected|| / ||expected|| (Frobenius, the whole tensor); an expected 0 needs an
-    exact 0."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-300))
 
 
 def run_reid_jax(config: ml_collections.ConfigDict, initial: list[dict],
@@ -171,7 +155,7 @@ def test_three_mutual_learning_steps_match_train_ml(torch):
                               weight_decay=5e-4) for net in nets]
     lr_table = optim.learning_rates(config.optim, config.train.epochs)
     learning_rates = []
-    torch_cfg = torch_loss_config(config.loss)
+    torch_cfg = ta.config_names(config.loss)
     for batch, epoch, expected in zip(batches, EPOCHS, jax_metrics, strict=True):
         for adam in adams:  # at the start of the epoch, as the train loop does
             ta.adjust_lr_exp(adam, base_lr, epoch, config.train.epochs,
@@ -200,12 +184,7 @@ def test_three_mutual_learning_steps_match_train_ml(torch):
         actual_state = ta.load_flax_variables(torch_model().double(), final[index]).state_dict()
         initial_state = ta.load_flax_variables(torch_model().double(),
                                                initial[index]).state_dict()
-        errors, moved = {}, {}
-        for key, value in expected_state.items():
-            if key.endswith("num_batches_tracked"):
-                continue
-            errors[key] = relative_error(actual_state[key].numpy(), value.numpy())
-            moved[key] = relative_error(value.numpy(), initial_state[key].numpy())
+        errors, moved = state_dict_errors(expected_state, actual_state, initial_state)
         assert len(errors) == 100 + 8  # ResNet-18: 20 convs, 20 BNs x 4; head: 2 + 4 + 2
         worst = max(errors, key=errors.get)
         assert errors[worst] <= REL, (index, worst, errors[worst])

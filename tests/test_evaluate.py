@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from numpy_eval import reference_eval_func
+from numpy_eval import assert_metrics_match
 
 from configs.market import get_config
 from reid_jax import eval as reid_eval
@@ -16,16 +16,12 @@ from reid_jax.eval.distances import distance_matrix, l2_normalize
 def assert_matches_reference(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=50, chunk_size=7):
     ours = reid_eval.evaluate_rankings(distmat, q_pids, g_pids, q_cams, g_cams, max_rank=max_rank,
                                       chunk_size=chunk_size)
-    cmc, m_ap, m_inp, all_ap, first, num_valid = reference_eval_func(
-        np.asarray(distmat), q_pids, g_pids, q_cams, g_cams, max_rank)
+    _, _, _, all_ap, first, num_valid = assert_metrics_match(ours, distmat, q_pids, g_pids,
+                                                             q_cams, g_cams, max_rank)
     valid = ~np.isnan(ours["all_AP"])
-    np.testing.assert_allclose(ours["cmc"], cmc, atol=1e-6)
-    assert ours["mAP"] == pytest.approx(m_ap, abs=1e-6)
-    assert ours["mINP"] == pytest.approx(m_inp, abs=1e-6)
     np.testing.assert_allclose(ours["all_AP"][valid], all_ap, atol=1e-12)
     np.testing.assert_array_equal(ours["first_match_index"][valid], first)
     assert np.all(ours["first_match_index"][~valid] == -1)
-    assert ours["num_valid_queries"] == num_valid
     assert ours["num_skipped_queries"] == len(q_pids) - num_valid
     return ours
 
@@ -222,13 +218,8 @@ def test_evaluate_features_matches_reference(metric, feat_norm):
     results = reid_eval.evaluate_features(query, gallery, config)
     assert set(results) == {"original"}
     distmat = numpy_distance(query["features"], gallery["features"], metric, feat_norm)
-    cmc, m_ap, m_inp, all_ap, _, num_valid = reference_eval_func(
-        distmat, query["pids"], gallery["pids"], query["camids"], gallery["camids"], 20)
-    ours = results["original"]
-    np.testing.assert_allclose(ours["cmc"], cmc, atol=1e-6)
-    assert ours["mAP"] == pytest.approx(m_ap, abs=1e-6)
-    assert ours["mINP"] == pytest.approx(m_inp, abs=1e-6)
-    assert ours["num_valid_queries"] == num_valid
+    assert_metrics_match(results["original"], distmat, query["pids"], gallery["pids"],
+                         query["camids"], gallery["camids"], 20)
 
 
 def test_report_and_json_summary():

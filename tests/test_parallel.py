@@ -31,6 +31,7 @@ import pytest
 from parallel_scripts import train_steps
 from processes import free_port
 from processes import run_together as run_processes
+from relative_errors import relative_error
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "parallel_scripts" / "train_steps.py"
@@ -45,12 +46,6 @@ def worker(init: Path, out: Path, devices: int, *args: str) -> tuple[list[str], 
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                JAX_PLATFORMS="cpu")
     return [sys.executable, str(SCRIPT), "--init", str(init), "--out", str(out), *args], env
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """||actual - expected|| / ||expected|| (Frobenius, float64), exact match for zeros."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-30))
 
 
 def worst_error(actual_file: Path, expected_file: Path, prefixes: tuple[str, ...],

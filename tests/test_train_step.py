@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from relative_errors import relative_error, state_dict_errors
 
 from configs.market import get_config
 from reid_jax import optim
@@ -33,11 +34,6 @@ def small_config():
     config.model.depth = 18
     config.data.image_size = IMAGE_SIZE
     return config
-
-
-def relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
-    """||actual - expected|| / ||expected|| (Frobenius), the whole tensor at once."""
-    return float(np.linalg.norm(actual - expected) / max(np.linalg.norm(expected), 1e-12))
 
 
 @pytest.mark.slow
@@ -114,12 +110,7 @@ def test_three_steps_match_pytorch(torch):
     initial_state = torch_reference.load_flax_variables(
         torch_reference.Baseline(NUM_IDS, depth=18, last_stride=1, stem_relu=False).double(),
         variables).state_dict()
-    errors, moved = {}, {}
-    for key, value in expected_state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        errors[key] = relative_error(actual_state[key].numpy(), value.numpy())
-        moved[key] = relative_error(value.numpy(), initial_state[key].numpy())
+    errors, moved = state_dict_errors(expected_state, actual_state, initial_state)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= REL, f"{worst}: relative error {errors[worst]:.2e}"
     # The comparison is meaningful: every tensor but the frozen shift moved, by far more than the

@@ -13,7 +13,6 @@ AlignedReID variables into a `Model` (for the training-trajectory tests).
 The backbone is tests/torch_reference.py's ResNet. Import after `pytest.importorskip("torch")`.
 """
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_reference
@@ -289,8 +288,7 @@ def _flax_path(key: str) -> tuple[str, tuple[str, ...], str]:
     variables: `base.*` as BoT's backbone (tests/torch_reference.py), `local_conv`, `local_bn`
     and `fc` at the top level (conv / linear weight -> kernel, BN weight -> scale)."""
     if key.startswith("base."):
-        path, collection, leaf = torch_reference._flax_path(key)
-        return collection, path, leaf
+        return torch_reference._flax_path(key)
     module, leaf = key.split(".")
     if leaf in ("running_mean", "running_var"):
         return "batch_stats", (module,), {"running_mean": "mean", "running_var": "var"}[leaf]
@@ -300,25 +298,17 @@ def _flax_path(key: str) -> tuple[str, tuple[str, ...], str]:
 
 
 def load_flax_variables(model: Model, variables: dict) -> Model:
-    """Copies reid_jax AlignedReID variables {'params', 'batch_stats'} of ONE model (numpy, any
-    float dtype) into `model` (in its own dtype): conv kernels HWIO -> OIHW, Dense kernels
-    [in, out] -> Linear weights [out, in]. Every parameter and running statistic of `model`
-    must be found (KeyError otherwise); `num_batches_tracked` is left alone. Returns `model`."""
-    state = model.state_dict()
-    with torch.no_grad():
-        for key, tensor in state.items():
-            if key.endswith("num_batches_tracked"):
-                continue
-            collection, path, leaf = _flax_path(key)
-            node = variables[collection]
-            for name in path:
-                node = node[name]
-            value = np.asarray(node[leaf])
-            if value.ndim == 4:
-                value = value.transpose(3, 2, 0, 1)
-            elif value.ndim == 2:
-                value = value.T
-            if tuple(value.shape) != tuple(tensor.shape):
-                raise ValueError(f"{key}: flax {value.shape}, torch {tuple(tensor.shape)}")
-            tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
-    return model
+    """Copies reid_jax AlignedReID variables {'params', 'batch_stats'} of ONE model into
+    `model` (torch_reference.copy_flax_variables)."""
+    return torch_reference.copy_flax_variables(model, variables, _flax_path)
+
+
+def config_names(loss) -> dict:
+    """reid_jax's AlignedReID loss settings (`config.loss`, a ConfigDict) under the
+    re-production's Config names, as `model_losses` takes them."""
+    return dict(normalize_feature=loss.normalize_feature,
+                local_dist_own_hard_sample=loss.local_own_hard_mining,
+                global_margin=loss.global_margin, local_margin=loss.local_margin,
+                g_loss_weight=loss.global_weight, l_loss_weight=loss.local_weight,
+                id_loss_weight=loss.id_weight, pm_loss_weight=loss.pm_weight,
+                gdm_loss_weight=loss.gdm_weight, ldm_loss_weight=loss.ldm_weight)

@@ -17,6 +17,7 @@ neck).
 """
 
 import math
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -193,9 +194,9 @@ def random_images(batch: int, image_size: tuple[int, int], seed: int) -> torch.T
     return smooth + 0.3 * torch.randn(batch, 3, *image_size, generator=gen)
 
 
-def _flax_path(torch_key: str) -> tuple[tuple[str, ...], str, str]:
-    """`base.layer1.0.downsample.1.running_var` -> (('backbone', 'layer1_0', 'downsample_bn'),
-    'batch_stats', 'var'). Returns (module path, collection, leaf name)."""
+def _flax_path(torch_key: str) -> tuple[str, tuple[str, ...], str]:
+    """`base.layer1.0.downsample.1.running_var` -> ('batch_stats', ('backbone', 'layer1_0',
+    'downsample_bn'), 'var'). Returns (collection, module path, leaf name)."""
     parts = torch_key.split(".")
     *modules, leaf = parts
     if modules[0] == "base":
@@ -211,32 +212,41 @@ def _flax_path(torch_key: str) -> tuple[tuple[str, ...], str, str]:
         path = ["neck", *modules]
     is_norm = path[-1].startswith("bn") or path[-1] in ("downsample_bn", "bottleneck")
     if leaf in ("running_mean", "running_var"):
-        return tuple(path), "batch_stats", {"running_mean": "mean", "running_var": "var"}[leaf]
+        return "batch_stats", tuple(path), {"running_mean": "mean", "running_var": "var"}[leaf]
     if leaf == "weight":
-        return tuple(path), "params", "scale" if is_norm else "kernel"
-    return tuple(path), "params", "bias"
+        return "params", tuple(path), "scale" if is_norm else "kernel"
+    return "params", tuple(path), "bias"
 
 
 def load_flax_variables(model: Baseline, variables: dict) -> Baseline:
-    """Copies Flax {'params', 'batch_stats'} of reid_jax's Baseline into this torch model.
+    """Copies Flax {'params', 'batch_stats'} of reid_jax's Baseline into this torch model (see
+    `copy_flax_variables`)."""
+    return copy_flax_variables(model, variables, _flax_path)
 
-    Conv kernels HWIO -> OIHW, Dense kernels [in, out] -> Linear weight [out, in]. Every torch
-    parameter and running statistic must be found (KeyError otherwise).
-    """
+
+def copy_flax_variables(model: nn.Module, variables: dict,
+                        locate: Callable[[str], tuple[str, tuple[str, ...], str]]) -> nn.Module:
+    """Copies Flax variables {'params', 'batch_stats'} (numpy, any float dtype) into the torch
+    `model`, in the model's own dtype. `locate(state-dict key)` gives (collection, module path,
+    leaf). Conv kernels HWIO -> OIHW, Dense kernels [in, out] -> Linear weights [out, in]. Every
+    parameter and running statistic must be found (KeyError otherwise) with its shape
+    (ValueError otherwise); `num_batches_tracked` is left alone. Returns `model`."""
     state = model.state_dict()
     with torch.no_grad():
         for key, tensor in state.items():
             if key.endswith("num_batches_tracked"):
                 continue
-            path, collection, leaf = _flax_path(key)
+            collection, path, leaf = locate(key)
             node = variables[collection]
             for name in path:
                 node = node[name]
-            value = np.asarray(node[leaf], dtype=np.float32)
+            value = np.array(node[leaf])  # a writable copy (jax arrays give read-only views)
             if value.ndim == 4:
                 value = value.transpose(3, 2, 0, 1)
             elif value.ndim == 2:
                 value = value.T
+            if tuple(value.shape) != tuple(tensor.shape):
+                raise ValueError(f"{key}: flax {value.shape}, torch {tuple(tensor.shape)}")
             tensor.copy_(torch.from_numpy(np.ascontiguousarray(value)))
     return model
 
