@@ -345,19 +345,18 @@ def _jaccard_and_final(v_index: np.ndarray, v_weight: np.ndarray, final: np.ndar
         column_start, column_count, pad_rows(owners[order].astype(np.int32), capacity),
         pad_rows(query_weight[used][order], capacity))]
     starts = range(num_query, num_all, chunk_size)
-    chunks = [pad_rows(v_index[start:start + chunk_size], chunk_size, num_all)
-              for start in starts]
-    triples = [int(column_count[rows].sum()) for rows in chunks]
+    triples = [int(column_count[v_index[start:start + chunk_size]].sum()) for start in starts]
     # Padded to what the largest chunk needs (not to TRIPLE_BLOCK: ~20x fewer slots at Market
     # scale), in blocks of at most TRIPLE_BLOCK (bounded memory for any gallery).
     block = _width(("triples", num_query, num_all, chunk_size, TRIPLE_BLOCK),
                    min(max(triples), TRIPLE_BLOCK), min(1 << 12, TRIPLE_BLOCK))
-    for start, rows, chunk_triples in zip(starts, chunks, triples, strict=True):
+    for start, chunk_triples in zip(starts, triples, strict=True):
         stop = min(start + chunk_size, num_all)
+        rows = jnp.asarray(pad_rows(v_index[start:stop], chunk_size, num_all))
+        weights = jnp.asarray(pad_rows(v_weight[start:stop], chunk_size))
         overlap = jnp.zeros((num_query, chunk_size), jnp.float32)
         for first in range(0, chunk_triples, block):
-            overlap = overlap + _min_overlap(rows, pad_rows(v_weight[start:stop], chunk_size),
-                                             *inverted, first, num_query, block)
+            overlap = overlap + _min_overlap(rows, weights, *inverted, first, num_query, block)
         columns = slice(start - num_query, stop - num_query)
         distance = np.pad(final[:, columns], [(0, 0), (0, chunk_size - (stop - start))])
         final[:, columns] = np.asarray(_final_chunk(overlap, distance, lambda_value))[
